@@ -1,0 +1,47 @@
+"""One settings model shared by the CLI, the Dagster code location and the tests."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Where Crucible keeps its state. Read from the environment (`CRUCIBLE_*`, `AWS_*`)."""
+
+    model_config = SettingsConfigDict(env_prefix="CRUCIBLE_", extra="ignore")
+
+    home: Path = Field(default=PROJECT_ROOT / ".crucible")
+    storage_url: str = ""
+    s3_endpoint_url: str | None = None
+    plans_dir: Path = Field(default=PROJECT_ROOT / "plans")
+
+    aws_access_key_id: str | None = Field(default=None, validation_alias="AWS_ACCESS_KEY_ID")
+    aws_secret_access_key: SecretStr | None = Field(
+        default=None, validation_alias="AWS_SECRET_ACCESS_KEY"
+    )
+    aws_region: str = Field(default="us-east-1", validation_alias="AWS_REGION")
+
+    @model_validator(mode="after")
+    def _default_storage(self) -> "Settings":
+        self.home = self.home.resolve()
+        if not self.storage_url:
+            self.storage_url = (self.home / "storage").as_uri()
+        return self
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster"
+
+    @property
+    def database_url(self) -> str:
+        """SQLAlchemy URL of Crucible's own tables (the lease) on a laptop."""
+        return f"sqlite:///{self.home / 'crucible.db'}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

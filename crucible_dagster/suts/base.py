@@ -1,0 +1,114 @@
+"""What every SUT adapter shares: the SUT's identity and the settings to connect to it."""
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+
+from pydantic import SecretStr
+
+# Port used when a plan gives none, per SUT type.
+DEFAULT_PORTS: dict[str, int] = {
+    "postgresql": 5432,
+    "mysql": 3306,
+    "mariadb": 3306,
+    "doris": 9030,
+    "starrocks": 9030,
+    "clickhouse": 8123,
+    "trino": 8080,
+    "cassandra": 9042,
+    "scylla": 9042,
+    "duckdb": 0,
+    "sqlite": 0,
+}
+
+SUT_TYPE_ALIASES: dict[str, str] = {"postgres": "postgresql"}
+
+_LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "::1", "[::1]"}
+_LABEL_MAX = 63
+_LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def canonical_sut_type(sut_type: str) -> str:
+    lowered = sut_type.strip().lower()
+    return SUT_TYPE_ALIASES.get(lowered, lowered)
+
+
+@dataclass(frozen=True)
+class SutIdentity:
+    """The normalised name of one SUT: two plans that reach the same database share it."""
+
+    sut_type: str
+    host: str
+    port: int
+    database: str
+
+    @property
+    def key(self) -> str:
+        """A readable unique key, e.g. `postgresql://127.0.0.1:5432/tpch`."""
+        return f"{self.sut_type}://{self.host}:{self.port}/{self.database}"
+
+    @property
+    def tag_value(self) -> str:
+        """The key as a valid Kubernetes label value (hashed when too long), for `crucible/sut`."""
+        readable = _LABEL_UNSAFE.sub("-", f"{self.sut_type}.{self.host}.{self.port}.{self.database}")
+        readable = readable.strip("-_.")
+        if len(readable) <= _LABEL_MAX:
+            return readable
+        digest = hashlib.sha256(self.key.encode()).hexdigest()[:10]
+        return readable[: _LABEL_MAX - len(digest) - 1].rstrip("-_.") + "-" + digest
+
+    def __str__(self) -> str:
+        return self.key
+
+
+def normalise_host(host: str) -> str:
+    lowered = host.strip().lower()
+    if lowered in _LOOPBACK_NAMES or lowered.startswith("127."):
+        return "127.0.0.1"
+    return lowered
+
+
+def split_host_port(host: str, port: int | None) -> tuple[str, int | None]:
+    """`db:5432` → (`db`, 5432). An explicit `port` wins, as in the original plan format."""
+    text = host.strip()
+    if text.startswith("["):  # [::1]:5432
+        closing = text.find("]")
+        name, rest = text[: closing + 1], text[closing + 1 :]
+        embedded = int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else None
+        return name, port if port is not None else embedded
+    if text.count(":") == 1:
+        name, _, tail = text.partition(":")
+        if tail.isdigit():
+            return name, port if port is not None else int(tail)
+    return text, port
+
+
+def sut_identity(sut_type: str, host: str, port: int | None, database: str) -> SutIdentity:
+    """Builds the normalised identity: `localhost:5432` and `127.0.0.1` are the same SUT."""
+    canonical = canonical_sut_type(sut_type)
+    name, explicit = split_host_port(host, port)
+    resolved_port = explicit if explicit is not None else DEFAULT_PORTS.get(canonical, 0)
+    return SutIdentity(canonical, normalise_host(name), resolved_port, database)
+
+
+@dataclass(frozen=True)
+class SutTarget:
+    """How to connect to a SUT. The password is a secret: it never prints or logs."""
+
+    identity: SutIdentity
+    user: str
+    password: SecretStr = field(default_factory=lambda: SecretStr(""))
+    connect_timeout_s: float = 10.0
+    statement_timeout_s: float = 60.0
+
+    @property
+    def host(self) -> str:
+        return self.identity.host
+
+    @property
+    def port(self) -> int:
+        return self.identity.port
+
+    @property
+    def database(self) -> str:
+        return self.identity.database

@@ -1,0 +1,56 @@
+"""Fixtures shared by every test: real servers on loopback, started and stopped by PID."""
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from crucible_dagster.local_postgres import LocalPostgres, start_local_postgres
+
+# A password that must never show up in logs, metadata or results; tests grep for it.
+PG_PASSWORD = "canary-" + secrets.token_hex(8)
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPostgres]:
+    """A real PostgreSQL 18 server on 127.0.0.1 with password authentication."""
+    server = start_local_postgres(tmp_path_factory.mktemp("pg") / "data", password=PG_PASSWORD)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_database(postgres: LocalPostgres, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh, empty database on the session server, dropped after the test."""
+    import asyncio
+
+    name = "t_" + secrets.token_hex(6)
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(
+            host=postgres.host, port=postgres.port, user="postgres", password=PG_PASSWORD
+        )
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    yield name
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def crucible_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private CRUCIBLE_HOME (storage, lease database, Dagster instance) for one test."""
+    from crucible_dagster.settings import get_settings
+
+    home = tmp_path / "crucible-home"
+    monkeypatch.setenv("CRUCIBLE_HOME", str(home))
+    monkeypatch.delenv("CRUCIBLE_STORAGE_URL", raising=False)
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    get_settings.cache_clear()
+    yield home
+    get_settings.cache_clear()
