@@ -4,18 +4,17 @@ The demo and the tests use it as their SUT. The wheel's own `get_server` listens
 socket only; a plan names a host and port, so this starts the same binaries on 127.0.0.1.
 """
 
+import importlib.util
 import os
 import pwd
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import importlib.util
-import stat
 
 from crucible_dagster.errors import CrucibleError
 

@@ -50,7 +50,9 @@ class SutIdentity:
     @property
     def tag_value(self) -> str:
         """The key as a valid Kubernetes label value (hashed when too long), for `crucible/sut`."""
-        readable = _LABEL_UNSAFE.sub("-", f"{self.sut_type}.{self.host}.{self.port}.{self.database}")
+        readable = _LABEL_UNSAFE.sub(
+            "-", f"{self.sut_type}.{self.host}.{self.port}.{self.database}"
+        )
         readable = readable.strip("-_.")
         if len(readable) <= _LABEL_MAX:
             return readable

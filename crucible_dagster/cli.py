@@ -1,0 +1,267 @@
+"""The `crucible` command: validate plans, run them in-process, show results, run the demo."""
+
+import json
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from crucible_dagster.errors import CrucibleError, ValidationError
+from crucible_dagster.results import Result, Verdict
+
+app = typer.Typer(
+    help="Crucible: load tests for databases from a YAML plan and annotated SQL.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+# Exit codes: k6's 99 for thresholds not met (and load aborted), 1 for a failed run,
+# 2 for bad input.
+EXIT_FAILED = 1
+EXIT_INVALID = 2
+EXIT_THRESHOLDS = 99
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """A mistake of the user's prints as a message, never as a traceback."""
+    try:
+        yield
+    except ValidationError as error:
+        for problem in error.problems:
+            errors.print(f"[red]error[/red] {problem}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_INVALID) from None
+    except CrucibleError as error:
+        errors.print(f"[red]error[/red] {error}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_FAILED) from None
+
+
+@app.command()
+def validate(
+    plans: Annotated[list[Path], typer.Argument(help="Plan files or folders of plans.")],
+) -> None:
+    """Reports every problem of the plans and their workloads, with file, line and column."""
+    from crucible_dagster.plan import validate_plan_file
+
+    paths: list[Path] = []
+    for item in plans:
+        paths.extend(sorted(item.glob("*.yaml")) if item.is_dir() else [item])
+    failed = 0
+    with _user_errors():
+        for path in paths:
+            problems = validate_plan_file(path, storage=_storage_or_none())
+            for problem in problems:
+                errors.print(f"[red]error[/red] {problem}", highlight=False, soft_wrap=True)
+            if problems:
+                failed += 1
+            else:
+                console.print(f"[green]ok[/green] {path}", highlight=False)
+    if failed:
+        errors.print(f"{failed} of {len(paths)} plan(s) have problems", highlight=False)
+        raise typer.Exit(EXIT_INVALID)
+
+
+@app.command()
+def run(
+    plan: Annotated[Path, typer.Argument(help="The plan file to run.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Runs a plan in this process (no daemon) against the SUT the plan names."""
+    with _user_errors():
+        result = _run_plan(plan, quiet=as_json)
+    _show(result, as_json)
+    raise typer.Exit(_exit_code(result))
+
+
+@app.command()
+def results(
+    plan: Annotated[str, typer.Argument(help="A plan name or plan file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    run_id: Annotated[
+        str | None, typer.Option("--run", help="A run id instead of the latest.")
+    ] = None,
+) -> None:
+    """Prints the latest result of a plan (or of one run)."""
+    from crucible_dagster.results import latest_result, read_result
+    from crucible_dagster.settings import get_settings
+    from crucible_dagster.storage import storage_from_url
+
+    name = Path(plan).stem if plan.endswith((".yaml", ".yml")) else plan
+    with _user_errors():
+        settings = get_settings()
+        storage = storage_from_url(settings.storage_url, settings)
+        result = read_result(storage, run_id) if run_id else latest_result(storage, name)
+    if result is None:
+        errors.print(f"no results for plan {name!r} in {storage.describe()}", highlight=False)
+        raise typer.Exit(EXIT_FAILED)
+    _show(result, as_json, with_plan_text=False)
+
+
+@app.command()
+def demo() -> None:
+    """Starts PostgreSQL, makes the TPC-H fixture, loads it and runs plans/demo_tpch.yaml."""
+    from crucible_dagster.demo import run_demo
+
+    with _user_errors():
+        result = run_demo(console, run_plan=_run_plan)
+    _show(result, as_json=False)
+    console.print(
+        "\nSee it in Dagster: [bold].venv/bin/dagster dev -w workspace.yaml[/bold] "
+        f"(the Dagster instance is {os.environ.get('DAGSTER_HOME')})",
+        highlight=False,
+    )
+    raise typer.Exit(_exit_code(result))
+
+
+def _storage_or_none() -> object | None:
+    from crucible_dagster.settings import get_settings
+    from crucible_dagster.storage import storage_from_url
+
+    settings = get_settings()
+    try:
+        return storage_from_url(settings.storage_url, settings)
+    except CrucibleError:
+        return None
+
+
+def _run_plan(path: Path, *, quiet: bool = False) -> Result:
+    """Executes the plan's Dagster job in-process, recorded in the local Dagster instance."""
+    import dagster as dg
+
+    from crucible_dagster import run as run_steps
+    from crucible_dagster.defs.fixtures import tpch_fixture
+    from crucible_dagster.defs.instance import ensure_dagster_home
+    from crucible_dagster.defs.plan_job import build_plan_assets
+    from crucible_dagster.defs.resources import CrucibleResource
+    from crucible_dagster.demo import QUIET_LOGS
+    from crucible_dagster.plan import load_plan
+    from crucible_dagster.results import read_result
+    from crucible_dagster.settings import get_settings
+    from crucible_dagster.storage import storage_from_url
+
+    loaded = load_plan(path)
+    settings = get_settings()
+    ensure_dagster_home(settings)
+    asset, job = build_plan_assets(loaded)
+    defs = dg.Definitions(
+        assets=[tpch_fixture, asset], jobs=[job], resources={"crucible": CrucibleResource()}
+    )
+    run_id = run_steps.mint_run_id(loaded.name)
+    planned_s = loaded.plan.execution.ramp_up.seconds + loaded.plan.execution.hold_for.seconds
+
+    with _progress_bar(quiet, loaded.name, planned_s), dg.DagsterInstance.get() as instance:
+        job_def = defs.resolve_job_def(loaded.name)
+        outcome = job_def.execute_in_process(
+            instance=instance,
+            tags={run_steps.RUN_ID_TAG: run_id, run_steps.LAUNCH_TAG: "cli"},
+            run_config=QUIET_LOGS,
+            raise_on_error=False,
+        )
+    storage = storage_from_url(settings.storage_url, settings)
+    try:
+        return read_result(storage, run_id)
+    except CrucibleError:
+        failure = _first_failure(outcome)
+        raise CrucibleError(f"run {run_id} ended without a result: {failure}") from None
+
+
+def _first_failure(outcome: object) -> str:
+    for event in outcome.all_events:  # type: ignore[attr-defined]
+        if event.is_failure and event.step_failure_data is not None:
+            return str(event.step_failure_data.error.message).strip()
+    return "no step reported why"
+
+
+@contextmanager
+def _progress_bar(quiet: bool, plan: str, planned_s: float) -> Iterator[None]:
+    from crucible_dagster import run as run_steps
+
+    if quiet:
+        yield
+        return
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+    ]
+    with Progress(*columns, console=errors, transient=False) as bar:
+        task = bar.add_task(plan, total=planned_s or 1.0, status="preparing")
+
+        def listener(run: object, update: object) -> None:
+            bar.update(
+                task,
+                completed=min(update.elapsed_s, planned_s),  # type: ignore[attr-defined]
+                status=f"{update.completed} queries, {update.errors} errors, "  # type: ignore[attr-defined]
+                f"{update.qps_recent:.0f} QPS, {update.active_vus} VUs",  # type: ignore[attr-defined]
+            )
+
+        run_steps.progress_listeners.append(listener)
+        try:
+            yield
+        finally:
+            run_steps.progress_listeners.remove(listener)
+
+
+def _show(result: Result, as_json: bool, *, with_plan_text: bool = False) -> None:
+    if as_json:
+        document = result.model_dump(mode="json")
+        if not with_plan_text:
+            document.pop("plan_text", None)
+        sys.stdout.write(json.dumps(document) + "\n")
+        return
+    table = Table(title=f"{result.plan} · {result.run_id}", title_justify="left")
+    for column in ("query", "count", "errors", "QPS", "p50 ms", "p95 ms", "p99 ms", "max ms"):
+        table.add_column(column, justify="left" if column == "query" else "right")
+    rows = [*result.queries, *([result.total] if result.total else [])]
+    for q in rows:
+        style = "bold" if q.name == "total" else None
+        table.add_row(
+            q.name, str(q.count), str(q.errors), f"{q.qps:.2f}",
+            *(_ms(v) for v in (q.p50_ms, q.p95_ms, q.p99_ms, q.max_ms)),
+            style=style,
+        )  # fmt: skip
+    if rows:
+        console.print(table)
+    verdict = result.verdict.value if result.verdict else "none"
+    console.print(f"status {result.status.value}, verdict {verdict}", highlight=False)
+    if result.abort_reason:
+        console.print(f"aborted: {result.abort_reason}", highlight=False)
+    if result.error:
+        errors.print(f"[red]error[/red] {result.error}", highlight=False, soft_wrap=True)
+
+
+def _ms(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def _exit_code(result: Result) -> int:
+    if result.status.value != "completed":
+        return EXIT_FAILED
+    if result.verdict in (Verdict.FAILED, Verdict.ABORTED):
+        return EXIT_THRESHOLDS
+    return 0
+
+
+def main() -> None:
+    # Dagster's own preview and deprecation notices are not for Crucible's users.
+    warnings.filterwarnings("ignore")
+    logging.getLogger("dagster").setLevel(logging.WARNING)
+    os.environ.setdefault("DAGSTER_TELEMETRY_DISABLED", "1")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""Crucible's Dagster definitions: fixture assets, one job and results asset per plan."""
+
+import logging
+from pathlib import Path
+
+import dagster as dg
+
+from crucible_dagster.defs.fixtures import tpch_fixture
+from crucible_dagster.defs.plan_job import build_plan_assets
+from crucible_dagster.defs.resources import CrucibleResource
+from crucible_dagster.defs.sweeper import crucible_sweeper
+from crucible_dagster.errors import CrucibleError
+from crucible_dagster.plan import LoadedPlan, load_plan
+
+logger = logging.getLogger("crucible")
+
+
+def load_plans(plans_dir: Path) -> list[LoadedPlan]:
+    """Every valid plan in `plans_dir`; an invalid one is skipped with its errors logged."""
+    plans = []
+    for path in sorted(plans_dir.glob("*.yaml")):
+        try:
+            plans.append(load_plan(path))
+        except CrucibleError as error:
+            logger.error("skipping plan %s:\n%s", path, error)
+    return plans
+
+
+def build_definitions(plans_dir: Path) -> dg.Definitions:
+    assets: list[dg.AssetsDefinition] = [tpch_fixture]
+    jobs = []
+    for loaded in load_plans(plans_dir):
+        asset, job = build_plan_assets(loaded)
+        assets.append(asset)
+        jobs.append(job)
+    return dg.Definitions(
+        assets=assets,
+        jobs=jobs,
+        sensors=[crucible_sweeper],
+        resources={"crucible": CrucibleResource()},
+    )

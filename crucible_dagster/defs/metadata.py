@@ -1,0 +1,49 @@
+"""A result as asset metadata: floats per query so the UI plots them across runs."""
+
+import dagster as dg
+
+from crucible_dagster.results import QueryResult, Result
+
+_PER_QUERY = ("p50_ms", "p95_ms", "p99_ms", "max_ms", "qps", "error_rate")
+
+
+def result_metadata(result: Result, result_uri: str | None) -> dict[str, dg.MetadataValue]:
+    metadata: dict[str, dg.MetadataValue] = {
+        "run_id": dg.MetadataValue.text(result.run_id),
+        "status": dg.MetadataValue.text(result.status.value),
+        "verdict": dg.MetadataValue.text(result.verdict.value if result.verdict else "none"),
+        "sut": dg.MetadataValue.text(result.sut.key),
+        "plan_sha256": dg.MetadataValue.text(result.plan_sha256),
+    }
+    if result_uri:
+        metadata["result"] = dg.MetadataValue.path(result_uri)
+    if result.abort_reason:
+        metadata["abort_reason"] = dg.MetadataValue.text(result.abort_reason)
+    if result.error:
+        metadata["error"] = dg.MetadataValue.text(result.error)
+    for query in [*result.queries, *([result.total] if result.total else [])]:
+        for field in _PER_QUERY:
+            value = getattr(query, field)
+            if value is not None:
+                metadata[f"{query.name}/{field}"] = dg.MetadataValue.float(float(value))
+        metadata[f"{query.name}/count"] = dg.MetadataValue.float(float(query.count))
+        metadata[f"{query.name}/errors"] = dg.MetadataValue.float(float(query.errors))
+    if result.queries:
+        metadata["queries"] = dg.MetadataValue.md(markdown_table(result.queries, result.total))
+    return metadata
+
+
+def markdown_table(queries: list[QueryResult], total: QueryResult | None) -> str:
+    header = "| query | count | errors | QPS | p50 ms | p95 ms | p99 ms | max ms |"
+    lines = [header, "|" + "---|" * 8]
+    for q in [*queries, *([total] if total else [])]:
+        cells = [q.name, str(q.count), str(q.errors), f"{q.qps:.2f}"]
+        cells += [_ms(q.p50_ms), _ms(q.p95_ms), _ms(q.p99_ms), _ms(q.max_ms)]
+        if q.name == "total":
+            cells = [f"**{c}**" for c in cells]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _ms(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"

@@ -1,0 +1,297 @@
+"""`run_load`: starts the shard processes, supervises them, and merges what they measured."""
+
+import multiprocessing
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from multiprocessing.context import SpawnProcess
+
+from crucible_dagster.engine import histogram
+from crucible_dagster.engine.failure_detection import abort_reason
+from crucible_dagster.engine.model import (
+    EngineQuery,
+    FailureDetection,
+    LoadShape,
+    Measurement,
+    Progress,
+    QueryMeasurement,
+    ShardResult,
+)
+from crucible_dagster.engine.schedule import shard_seed, validate_shape, vu_start_times
+from crucible_dagster.engine.shard import CONTROL_TICK_S, ShardSpec, shard_main
+from crucible_dagster.errors import RunError, SutError
+from crucible_dagster.suts.base import SutTarget
+
+SUPPORTED_SUT_TYPES = {"postgresql"}
+# Spawning a shard imports asyncpg, uvloop and hdrh before it can connect.
+SPAWN_ALLOWANCE_S = 60.0
+# The shared start instant lies this far ahead of the release, so every shard sleeps to it.
+START_LEAD_S = 0.05
+# How long a shard may take to send its result once it should have stopped.
+WIND_DOWN_S = 15.0
+# How long a finished shard process may stay silent before it counts as lost.
+LOST_SHARD_S = 2.0
+
+
+def run_load(
+    target: SutTarget,
+    queries: Sequence[EngineQuery],
+    shape: LoadShape,
+    failure_detection: FailureDetection | None = None,
+    *,
+    on_progress: Callable[[Progress], None] | None = None,
+    stop: threading.Event | None = None,
+) -> Measurement:
+    """Runs a closed-model load against `target` and returns the merged measurement.
+
+    Starts `shape.shards` shard processes that split the virtual users, releases them together,
+    and stops them at the end of the hold, when failure detection aborts, or when `stop` is set.
+    No shard process outlives this call. A SUT that cannot be reached raises SutError before any
+    load is sent.
+    """
+    validate_shape(shape)
+    if not queries:
+        raise RunError("the workload has no queries to run")
+    if target.identity.sut_type not in SUPPORTED_SUT_TYPES:
+        raise SutError(
+            f"{target.identity.key}: the native engine supports "
+            f"{', '.join(sorted(SUPPORTED_SUT_TYPES))} only, not {target.identity.sut_type}"
+        )
+    return _Run(target, tuple(queries), shape, failure_detection, on_progress, stop).execute()
+
+
+@dataclass
+class _ShardState:
+    completed: int = 0
+    errors: int = 0
+    active_vus: int = 0
+    ready: bool = False
+    result: ShardResult | None = None
+    silent_since: float | None = None
+
+
+@dataclass
+class _Run:
+    target: SutTarget
+    queries: tuple[EngineQuery, ...]
+    shape: LoadShape
+    failure_detection: FailureDetection | None
+    on_progress: Callable[[Progress], None] | None
+    stop: threading.Event | None
+    states: list[_ShardState] = field(default_factory=list)
+    halted_at: float | None = None
+    abort_reason: str | None = None
+    stopped: bool = False
+
+    def execute(self) -> Measurement:
+        context = multiprocessing.get_context("spawn")
+        shards = self.shape.shards
+        self.channel = context.Queue(maxsize=16 * shards + 16)
+        self.go = context.Event()
+        self.halt = context.Event()
+        self.start_at = context.Value("d", 0.0)
+        self.states = [_ShardState() for _ in range(shards)]
+        starts = vu_start_times(self.shape)
+        self.processes: list[SpawnProcess] = [
+            context.Process(
+                target=shard_main,
+                args=(self._spec(i, starts[i]), self.channel, self.go, self.halt, self.start_at),
+                name=f"crucible-shard-{i}",
+                daemon=True,
+            )
+            for i in range(shards)
+        ]
+        try:
+            for process in self.processes:
+                process.start()
+            self._wait_until_ready()
+            self.started = time.time() + START_LEAD_S
+            self.start_at.value = self.started
+            self.go.set()
+            self._supervise()
+            return self._measurement()
+        finally:
+            self._shut_down()
+
+    def _spec(self, shard: int, vu_starts_s: list[float]) -> ShardSpec:
+        return ShardSpec(
+            shard=shard,
+            target=self.target,
+            queries=self.queries,
+            vu_starts_s=tuple(vu_starts_s),
+            hold_end_s=self.shape.planned_s,
+            graceful_stop_s=self.shape.graceful_stop_s,
+            seed=shard_seed(self.shape.seed, shard),
+        )
+
+    def _wait_until_ready(self) -> None:
+        deadline = time.monotonic() + self.target.connect_timeout_s + SPAWN_ALLOWANCE_S
+        while not all(s.ready for s in self.states):
+            if self.stop is not None and self.stop.is_set() and self.halted_at is None:
+                self._halt(stopped=True)
+            if time.monotonic() > deadline:
+                raise RunError(
+                    f"the shards did not connect to {self.target.identity.key} within "
+                    f"{self.target.connect_timeout_s + SPAWN_ALLOWANCE_S:.0f}s"
+                )
+            self._receive()
+            self._check_alive()
+
+    def _supervise(self) -> None:
+        hold_end = self.started + self.shape.planned_s
+        deadline = hold_end + self.shape.graceful_stop_s + WIND_DOWN_S
+        next_report = self.started + 1.0
+        last_completed, last_report = 0, self.started
+        while not all(s.result is not None for s in self.states):
+            self._receive()
+            self._check_alive()
+            now = time.time()
+            if self.halted_at is None:
+                if self.stop is not None and self.stop.is_set():
+                    self._halt(stopped=True)
+                elif now < hold_end:
+                    completed, errors = self._totals()
+                    reason = abort_reason(
+                        self.failure_detection, completed, errors, now - self.started
+                    )
+                    if reason is not None:
+                        self.abort_reason = reason
+                        self._halt(stopped=False)
+            if self.on_progress is not None and now >= next_report:
+                completed, errors = self._totals()
+                qps = (completed - last_completed) / max(now - last_report, 1e-9)
+                self.on_progress(
+                    Progress(
+                        elapsed_s=max(now - self.started, 0.0),
+                        planned_s=self.shape.planned_s,
+                        active_vus=sum(s.active_vus for s in self.states),
+                        completed=completed,
+                        errors=errors,
+                        qps_recent=qps,
+                    )
+                )
+                last_completed, last_report = completed, now
+                next_report = now + 1.0
+            if now > deadline:
+                if self.halted_at is None:
+                    self._halt(stopped=False)
+                if now > deadline + WIND_DOWN_S:
+                    missing = [i for i, s in enumerate(self.states) if s.result is None]
+                    raise RunError(f"shards {missing} did not report their results in time")
+
+    def _receive(self) -> None:
+        try:
+            message = self.channel.get(timeout=CONTROL_TICK_S)
+        except queue.Empty:
+            return
+        kind = message[0]
+        if kind == "progress":
+            _, shard, completed, errors, active = message
+            state = self.states[shard]
+            state.completed, state.errors, state.active_vus = completed, errors, active
+        elif kind == "ready":
+            self.states[message[1]].ready = True
+        elif kind == "result":
+            result: ShardResult = message[1]
+            state = self.states[result.shard]
+            state.result = result
+            state.completed, state.errors = sum(result.counts), sum(result.errors)
+            state.active_vus = 0
+        elif kind == "sut_error":
+            raise SutError(message[2])
+        elif kind == "failed":
+            raise RunError(f"shard {message[1]} failed:\n{message[2]}")
+
+    def _check_alive(self) -> None:
+        """Notices a shard process that ended without reporting (killed, crashed)."""
+        now = time.monotonic()
+        for shard, process in enumerate(self.processes):
+            state = self.states[shard]
+            if state.result is not None or process.exitcode is None:
+                continue
+            # Its last messages may still be in the queue; give them a moment.
+            if state.silent_since is None:
+                state.silent_since = now
+            elif now - state.silent_since > LOST_SHARD_S:
+                raise RunError(
+                    f"shard {shard} exited with code {process.exitcode} before reporting results"
+                )
+
+    def _totals(self) -> tuple[int, int]:
+        return sum(s.completed for s in self.states), sum(s.errors for s in self.states)
+
+    def _halt(self, *, stopped: bool) -> None:
+        self.halted_at = time.time()
+        self.stopped = stopped
+        self.halt.set()
+
+    def _measurement(self) -> Measurement:
+        results = [s.result for s in self.states if s.result is not None]
+        hold_end = self.started + self.shape.planned_s
+        ended = hold_end if self.halted_at is None else min(self.halted_at, hold_end)
+        ended = max(ended, self.started)
+        queries = [
+            QueryMeasurement(
+                name=query.name,
+                count=sum(r.counts[q] for r in results),
+                errors=sum(r.errors[q] for r in results),
+                errors_by_kind=_sum_kinds(r.errors_by_kind[q] for r in results),
+                interrupted=sum(r.interrupted[q] for r in results),
+                histogram=histogram.merge(histogram.decode(r.histograms[q]) for r in results),
+                first_error=next((r.first_errors[q] for r in results if r.first_errors[q]), None),
+            )
+            for q, query in enumerate(self.queries)
+        ]
+        return Measurement(
+            started_at=datetime.fromtimestamp(self.started, UTC),
+            ended_at=datetime.fromtimestamp(ended, UTC),
+            queries=queries,
+            shards=self.shape.shards,
+            abort_reason=self.abort_reason,
+            interrupted_by_stop=self.stopped,
+            start_skew_s=max((r.start_delay_s for r in results), default=0.0),
+        )
+
+    def _shut_down(self) -> None:
+        """Stops every shard process: asked first, then terminated, then killed."""
+        self.halt.set()
+        self.go.set()
+        deadline = time.monotonic() + 5.0
+        for process in self.processes:
+            if process.pid is None:
+                continue
+            # A shard blocked on a full queue can only finish if someone keeps reading it.
+            while process.is_alive() and time.monotonic() < deadline:
+                self._drain()
+                process.join(timeout=0.05)
+        for process in self.processes:
+            if process.pid is not None and process.is_alive():
+                process.terminate()
+                process.join(timeout=2.0)
+            if process.pid is not None and process.is_alive():
+                process.kill()
+                process.join(timeout=2.0)
+        self._drain()
+        self.channel.close()
+        self.channel.cancel_join_thread()
+        for process in self.processes:
+            if process.pid is not None and not process.is_alive():
+                process.close()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                self.channel.get_nowait()
+            except (queue.Empty, OSError, ValueError):
+                return
+
+
+def _sum_kinds(kinds: Iterable[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for mapping in kinds:
+        for kind, count in mapping.items():
+            total[kind] = total.get(kind, 0) + count
+    return dict(sorted(total.items()))

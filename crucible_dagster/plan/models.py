@@ -1,0 +1,464 @@
+"""The plan: pydantic models of the original Crucible plan format, strict and closed.
+
+Field names and meanings are the original's. Differences on purpose: unknown keys are errors,
+no lax coercion (`"5"` is not an integer), durations are validated, the original's undeclared
+keys that mattered (`cluster_info.port`, `cluster_info.s3_region`, `fixtures[].columns`) are
+declared, and rules it never checked (unique names, chaos fitting in the run) are checked.
+"""
+
+import re
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from crucible_dagster.plan.duration import Duration
+from crucible_dagster.plan.secret import Secret
+
+SUT_TYPES = (
+    "postgresql",
+    "mysql",
+    "mariadb",
+    "doris",
+    "starrocks",
+    "clickhouse",
+    "trino",
+    "cassandra",
+    "scylla",
+    "duckdb",
+    "sqlite",
+)
+SUT_TYPE_ALIASES = {"postgres": "postgresql"}
+
+# Chaos Mesh custom resource kinds, keyed by their lower-case spelling.
+CHAOS_MESH_KINDS = {
+    kind.lower(): kind
+    for kind in ("NetworkChaos", "PodChaos", "StressChaos", "IOChaos", "TimeChaos", "DNSChaos")
+}
+
+WORKLOAD_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
+DATASET_PATTERN = r"^[a-z][a-z0-9_-]*$"
+TABLE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# A target table may be schema-qualified: `bench.lineitem`.
+TARGET_TABLE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$"
+SCALE_PATTERN = r"^\d+(\.\d+)?$"
+FIXTURE_ID_PATTERN = r"^([a-z][a-z0-9_-]*)/sf(\d+(?:\.\d+)?)/([A-Za-z_][A-Za-z0-9_]*)$"
+
+NonEmptyStr = Annotated[str, Field(min_length=1)]
+PositiveInt = Annotated[int, Field(gt=0)]
+Reload = Literal["auto", "always"]
+
+
+class PlanModel(BaseModel):
+    """Base of every plan model: unknown keys are errors, no coercion, inputs never echoed."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, hide_input_in_errors=True)
+
+
+def rules_error(problems: list[tuple[str, str]]) -> PydanticCustomError:
+    """One error carrying several cross-field problems, each with the field it belongs to.
+
+    The loader expands it into one problem per entry, positioned at that field.
+    """
+    return PydanticCustomError(
+        "crucible_rules", "; ".join(message for _, message in problems), {"problems": problems}
+    )
+
+
+class TestMetadata(PlanModel):
+    __test__ = False  # not a pytest test class, despite its name
+
+    run_label: str
+
+
+class ClusterInfo(PlanModel):
+    """How to reach a SUT that already exists ("bring your own")."""
+
+    host: NonEmptyStr
+    username: str
+    password: Secret
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    s3_region: NonEmptyStr | None = None
+    connect_timeout: Duration = Duration("10s")
+    statement_timeout: Duration = Duration("60s")
+
+    @model_validator(mode="after")
+    def _timeouts_positive(self) -> "ClusterInfo":
+        problems = [
+            (name, f"{name} must be longer than 0s")
+            for name in ("connect_timeout", "statement_timeout")
+            if getattr(self, name).seconds <= 0
+        ]
+        if problems:
+            raise rules_error(problems)
+        return self
+
+
+class ComponentSpec(PlanModel):
+    type: str
+    cluster_info: ClusterInfo | None = None
+
+    @field_validator("type")
+    @classmethod
+    def _known_sut_type(cls, value: str) -> str:
+        lowered = value.strip().lower()
+        lowered = SUT_TYPE_ALIASES.get(lowered, lowered)
+        if lowered not in SUT_TYPES:
+            raise PydanticCustomError(
+                "crucible",
+                "unknown SUT type {got}: expected one of {allowed}",
+                {"got": repr(value), "allowed": ", ".join(SUT_TYPES)},
+            )
+        return lowered
+
+
+@dataclass(frozen=True)
+class FixtureTable:
+    """One table to load: dataset `tpch` at scale `0.01`, its table `lineitem`, into a table."""
+
+    dataset: str
+    scale: str
+    table: str
+    target_table: str
+    reload: str = "auto"
+    columns: tuple[str, ...] | None = None
+
+    @property
+    def fixture_id(self) -> str:
+        """The object-storage prefix form, `<dataset>/sf<scale>/<table>`."""
+        return f"{self.dataset}/sf{self.scale}/{self.table}"
+
+
+class FixtureItem(PlanModel):
+    """The original's form: `{fixture_id: tpch/sf0.01/lineitem, table: lineitem}`."""
+
+    fixture_id: str
+    table: Annotated[str, Field(pattern=TARGET_TABLE_PATTERN)]
+    columns: list[NonEmptyStr] | None = None
+    reload: Reload = "auto"
+
+    @field_validator("fixture_id")
+    @classmethod
+    def _prefix_form(cls, value: str) -> str:
+        match = re.match(FIXTURE_ID_PATTERN, value)
+        if match is None:
+            raise PydanticCustomError(
+                "crucible",
+                "expected a fixture id '<dataset>/sf<scale>/<table>' such as "
+                "tpch/sf0.01/lineitem, got {got}",
+                {"got": repr(value)},
+            )
+        dataset, scale, table = match.groups()
+        return f"{dataset}/sf{normalise_scale(scale)}/{table}"
+
+    def fixture_tables(self) -> list[FixtureTable]:
+        dataset, scale, table = self.fixture_id.split("/")
+        columns = tuple(self.columns) if self.columns is not None else None
+        return [FixtureTable(dataset, scale[2:], table, self.table, self.reload, columns)]
+
+
+class FixtureGroup(PlanModel):
+    """Several tables of one generated dataset: `{dataset: tpch, scale: "0.01", tables: [...]}`."""
+
+    dataset: Annotated[str, Field(pattern=DATASET_PATTERN)]
+    scale: str
+    tables: Annotated[list[Annotated[str, Field(pattern=TABLE_PATTERN)]], Field(min_length=1)]
+    reload: Reload = "auto"
+
+    @field_validator("scale", mode="before")
+    @classmethod
+    def _scale_text(cls, value: Any) -> str:
+        # A number is accepted too: `scale: 0.01` is what people write, and YAML makes it a float.
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        text = value if isinstance(value, str) else repr(value) if number else ""
+        if not re.match(SCALE_PATTERN, text) or float(text) <= 0:
+            raise PydanticCustomError(
+                "crucible",
+                'expected a scale factor > 0 such as "0.01" or 1, got {got}',
+                {"got": repr(value)},
+            )
+        return normalise_scale(text)
+
+    @field_validator("tables")
+    @classmethod
+    def _unique_tables(cls, value: list[str]) -> list[str]:
+        duplicates = sorted({t for t in value if value.count(t) > 1})
+        if duplicates:
+            raise PydanticCustomError(
+                "crucible", "tables listed twice: {names}", {"names": ", ".join(duplicates)}
+            )
+        return value
+
+    def fixture_tables(self) -> list[FixtureTable]:
+        return [FixtureTable(self.dataset, self.scale, t, t, self.reload) for t in self.tables]
+
+
+# Tags of the two fixture forms; their odd spelling keeps them apart from real keys in error
+# locations.
+FIXTURE_FORM_TAGS = {"fixture_id": "<fixture_id form>", "dataset": "<dataset form>"}
+
+
+def _fixture_form(value: Any) -> str | None:
+    if isinstance(value, FixtureItem) or (isinstance(value, dict) and "fixture_id" in value):
+        return FIXTURE_FORM_TAGS["fixture_id"]
+    if isinstance(value, FixtureGroup) or (isinstance(value, dict) and "dataset" in value):
+        return FIXTURE_FORM_TAGS["dataset"]
+    return None
+
+
+Fixture = Annotated[
+    Annotated[FixtureItem, Tag(FIXTURE_FORM_TAGS["fixture_id"])]
+    | Annotated[FixtureGroup, Tag(FIXTURE_FORM_TAGS["dataset"])],
+    Discriminator(
+        _fixture_form,
+        custom_error_type="crucible",
+        custom_error_message=(
+            "expected a fixture: {fixture_id: tpch/sf0.01/lineitem, table: lineitem} "
+            'or {dataset: tpch, scale: "0.01", tables: [lineitem, orders]}'
+        ),
+    ),
+]
+
+
+class PrometheusMetric(PlanModel):
+    name: str
+    query: str
+
+
+class PrometheusSource(PlanModel):
+    name: str
+    url: str
+    metrics: Annotated[list[PrometheusMetric], Field(min_length=1)]
+    resolution: PositiveInt = 15
+    max_data_points: PositiveInt = 500
+
+
+class Observability(PlanModel):
+    prometheus_sources: list[PrometheusSource] = []
+
+
+class TestEnvironment(PlanModel):
+    __test__ = False
+
+    env_type: Literal["long-lived", "disposable"]
+    target_db: str
+    component_spec: ComponentSpec
+    fixtures: list[Fixture] = []
+    observability: Observability | None = None
+
+    @field_validator("env_type")
+    @classmethod
+    def _long_lived_only(cls, value: str) -> str:
+        if value == "disposable":
+            raise PydanticCustomError(
+                "crucible",
+                "disposable is not supported yet: Crucible does not provision SUTs; "
+                "use long-lived with cluster_info",
+            )
+        return value
+
+    def fixture_tables(self) -> list[FixtureTable]:
+        """Every fixture table of the plan, in plan order, whichever form named it."""
+        return [table for item in self.fixtures for table in item.fixture_tables()]
+
+    @model_validator(mode="after")
+    def _environment_rules(self) -> "TestEnvironment":
+        problems: list[tuple[str, str]] = []
+        if self.component_spec.cluster_info is None:
+            problems.append(
+                ("component_spec", "cluster_info is required for a long-lived environment")
+            )
+        seen: dict[str, int] = {}
+        for index, item in enumerate(self.fixtures):
+            for table in item.fixture_tables():
+                if table.target_table in seen:
+                    problems.append(
+                        (f"fixtures.{index}", f"table {table.target_table!r} is loaded twice "
+                         f"(also by fixtures[{seen[table.target_table]}])")
+                    )  # fmt: skip
+                seen.setdefault(table.target_table, index)
+        if problems:
+            raise rules_error(problems)
+        return self
+
+
+class WorkloadRef(PlanModel):
+    workload_id: Annotated[str, Field(pattern=WORKLOAD_ID_PATTERN)]
+
+
+class FailureDetection(PlanModel):
+    """Abort the run when the error rate passes a threshold (the k6 `abortOnFail` meaning)."""
+
+    enabled: bool = True
+    error_rate_threshold: Annotated[float, Field(gt=0, le=1)] = 0.5
+    abort_delay: Duration = Duration("10s")
+
+
+class Execution(PlanModel):
+    executor: Literal["native", "k6"] = "native"
+    scaling_mode: Literal["intra_node", "inter_node"] = "intra_node"
+    concurrency: PositiveInt
+    ramp_up: Duration
+    hold_for: Duration
+    workload: Annotated[list[WorkloadRef], Field(min_length=1)]
+    failure_detection: FailureDetection | None = None
+    shards: Annotated[int, Field(ge=1)] = 1
+    graceful_stop: Duration = Duration("30s")
+
+    @field_validator("executor", mode="before")
+    @classmethod
+    def _no_locust(cls, value: Any) -> Any:
+        if value == "locust":
+            raise PydanticCustomError(
+                "crucible",
+                "locust is not supported (the original ignored it and ran k6): "
+                "use 'native' (the default) or 'k6'",
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _execution_rules(self) -> "Execution":
+        problems: list[tuple[str, str]] = []
+        if self.hold_for.seconds <= 0:
+            problems.append(("hold_for", "hold_for must be longer than 0s"))
+        if self.shards > self.concurrency:
+            problems.append(
+                ("shards", f"shards ({self.shards}) must be at most concurrency "
+                 f"({self.concurrency}): each shard needs at least one virtual user")
+            )  # fmt: skip
+        seen: dict[str, int] = {}
+        for index, ref in enumerate(self.workload):
+            if ref.workload_id in seen:
+                problems.append(
+                    (f"workload.{index}.workload_id", f"workload {ref.workload_id!r} is listed "
+                     f"twice (also workload[{seen[ref.workload_id]}])")
+                )  # fmt: skip
+            seen.setdefault(ref.workload_id, index)
+        if problems:
+            raise rules_error(problems)
+        return self
+
+
+class ChaosTarget(PlanModel):
+    env_type: Literal["k8s", "ec2"]
+    namespace: str | None = None
+    selector: dict[str, str] | None = None
+    address: str | None = None
+
+    @model_validator(mode="after")
+    def _target_rules(self) -> "ChaosTarget":
+        if self.env_type == "k8s" and not (self.namespace and self.selector):
+            raise rules_error(
+                [("", "a k8s target needs both a namespace and a non-empty selector")]
+            )
+        if self.env_type == "ec2" and not self.address:
+            raise rules_error([("address", "an ec2 target needs an address (the chaosd host)")])
+        return self
+
+
+class ChaosSchedule(PlanModel):
+    """`start_after` counts from the end of the previous experiment (or the load start)."""
+
+    start_after: Duration
+    duration: Duration
+
+    @model_validator(mode="after")
+    def _positive(self) -> "ChaosSchedule":
+        if self.duration.seconds <= 0:
+            raise rules_error([("duration", "duration must be longer than 0s")])
+        return self
+
+
+class ChaosExperiment(PlanModel):
+    name: NonEmptyStr
+    fault_type: NonEmptyStr
+    target: ChaosTarget
+    parameters: dict[str, Any] = {}
+    schedule: ChaosSchedule
+
+    @model_validator(mode="after")
+    def _chaos_mesh_kind(self) -> "ChaosExperiment":
+        if self.target.env_type != "k8s":
+            return self
+        kind = CHAOS_MESH_KINDS.get(self.fault_type.lower())
+        if kind is None:
+            raise rules_error(
+                [("fault_type", f"unknown Chaos Mesh kind {self.fault_type!r}: expected one of "
+                  f"{', '.join(CHAOS_MESH_KINDS.values())}")]
+            )  # fmt: skip
+        self.fault_type = kind
+        return self
+
+
+class ChaosSpec(PlanModel):
+    engine: Literal["chaos-mesh"]
+    experiments: Annotated[list[ChaosExperiment], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "ChaosSpec":
+        seen: dict[str, int] = {}
+        problems: list[tuple[str, str]] = []
+        for index, experiment in enumerate(self.experiments):
+            if experiment.name in seen:
+                problems.append(
+                    (f"experiments.{index}.name", f"experiment name {experiment.name!r} is used "
+                     f"twice (also experiments[{seen[experiment.name]}])")
+                )  # fmt: skip
+            seen.setdefault(experiment.name, index)
+        if problems:
+            raise rules_error(problems)
+        return self
+
+
+class Plan(PlanModel):
+    """One test: where (environment), what load (execution) and which faults (chaos_spec)."""
+
+    test_metadata: TestMetadata
+    test_environment: TestEnvironment
+    execution: Execution
+    chaos_spec: ChaosSpec | None = None
+
+    @model_validator(mode="after")
+    def _chaos_fits_in_run(self) -> "Plan":
+        if self.chaos_spec is None:
+            return self
+        # Experiments run one after another, as in the original: each start_after counts from
+        # the end of the previous one, so the timeline ends at the sum of all of them.
+        run_s = self.execution.ramp_up.seconds + self.execution.hold_for.seconds
+        end_s = 0.0
+        problems: list[tuple[str, str]] = []
+        for index, experiment in enumerate(self.chaos_spec.experiments):
+            end_s += experiment.schedule.start_after.seconds + experiment.schedule.duration.seconds
+            if end_s > run_s:
+                problems.append(
+                    (f"chaos_spec.experiments.{index}.schedule", f"experiment {experiment.name!r} "
+                     f"ends {_seconds(end_s)} after the load starts, but the load lasts "
+                     f"{_seconds(run_s)} (ramp_up + hold_for)")
+                )  # fmt: skip
+                break
+        if problems:
+            raise rules_error(problems)
+        return self
+
+
+def normalise_scale(text: str) -> str:
+    """`"0.010"` → `"0.01"`, `"1.0"` → `"1"`: one spelling per scale factor."""
+    try:
+        number = Decimal(text).normalize()
+    except InvalidOperation:
+        return text
+    return format(number, "f")
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}s"

@@ -1,0 +1,111 @@
+"""Whole-plan validation: the plan, then every workload it names, all problems together."""
+
+from pathlib import Path
+from typing import Protocol
+
+from crucible_dagster.errors import CrucibleError, Location, Problem, ValidationError
+from crucible_dagster.plan.loading import LoadedPlan, load_plan
+from crucible_dagster.workload import Workload, load_workload_file, workload_from_bytes
+
+WORKLOAD_SUFFIXES = (".sql", ".cql")
+
+
+class WorkloadStorage(Protocol):
+    """The part of object storage that workload resolution needs."""
+
+    def exists(self, key: str) -> bool: ...
+
+    def get_bytes(self, key: str) -> bytes: ...
+
+
+def resolve_workloads(loaded: LoadedPlan, storage: WorkloadStorage | None = None) -> list[Workload]:
+    """Finds and parses every workload of a plan, in plan order.
+
+    A `workload_id` is looked up as `workloads/<id>.sql` (or `.cql`) next to the plan file,
+    then as `workloads/<id>` in object storage. Query names must be unique across them.
+    """
+    problems: list[Problem] = []
+    workloads: list[Workload] = []
+    for index, ref in enumerate(loaded.plan.execution.workload):
+        here = loaded.location("execution", "workload", index, "workload_id")
+        field = f"execution.workload[{index}].workload_id"
+        try:
+            workloads.append(_resolve_one(loaded, ref.workload_id, here, field, storage))
+        except ValidationError as error:
+            problems += error.problems
+
+    first_seen: dict[str, Workload] = {}
+    for workload in workloads:
+        for query in workload.queries:
+            earlier = first_seen.get(query.name)
+            if earlier is not None and earlier is not workload:
+                first = next(q for q in earlier.queries if q.name == query.name)
+                problems.append(
+                    Problem(
+                        Location(query.source, query.line),
+                        f"query name {query.name!r} is also used in workload "
+                        f"{earlier.workload_id!r} ({first.source}:{first.line}); query names "
+                        "must be unique across a plan's workloads",
+                    )
+                )
+            first_seen.setdefault(query.name, workload)
+    if problems:
+        raise ValidationError(problems)
+    return workloads
+
+
+def validate_plan_file(path: Path, storage: WorkloadStorage | None = None) -> list[Problem]:
+    """Every problem of a plan file and its workloads; an empty list means it is valid."""
+    try:
+        loaded = load_plan(path)
+    except ValidationError as error:
+        return error.problems
+    try:
+        resolve_workloads(loaded, storage)
+    except ValidationError as error:
+        return error.problems
+    return []
+
+
+def validate_plan_folder(
+    folder: Path, storage: WorkloadStorage | None = None
+) -> dict[Path, list[Problem]]:
+    """`validate_plan_file` for each `*.yaml` / `*.yml` plan directly in `folder`."""
+    paths = sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
+    return {path: validate_plan_file(path, storage) for path in paths}
+
+
+def _resolve_one(
+    loaded: LoadedPlan,
+    workload_id: str,
+    here: Location,
+    field: str,
+    storage: WorkloadStorage | None,
+) -> Workload:
+    looked: list[str] = []
+    if loaded.folder is not None:
+        candidates = [loaded.folder / "workloads" / (workload_id + s) for s in WORKLOAD_SUFFIXES]
+        looked += [str(c) for c in candidates]
+        found = [c for c in candidates if c.is_file()]
+        if len(found) > 1:
+            message = f"workload {workload_id!r} is ambiguous: both {found[0]} and {found[1]} exist"
+            raise ValidationError([Problem(here, message, field)])
+        if found:
+            return load_workload_file(found[0], workload_id)
+
+    if storage is not None:
+        key = f"workloads/{workload_id}"
+        looked.append(f"storage key {key}")
+        try:
+            if storage.exists(key):
+                data = storage.get_bytes(key)
+                return workload_from_bytes(data, source=key, workload_id=workload_id)
+        except ValidationError:
+            raise
+        except CrucibleError as error:
+            message = f"workload {workload_id!r} could not be read from storage: {error}"
+            raise ValidationError([Problem(here, message, field)]) from None
+
+    where = ", ".join(looked) if looked else "nowhere (the plan has no folder and no storage)"
+    message = f"workload {workload_id!r} not found: looked in {where}"
+    raise ValidationError([Problem(here, message, field)])

@@ -1,0 +1,114 @@
+"""The result of one run, as stored in `results/<run_id>/result.json` and printed by the CLI."""
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
+
+
+class RunStatus(StrEnum):
+    """Where a run is in its life; the last three are final."""
+
+    QUEUED = "queued"
+    LEASED = "leased"
+    LOADING_FIXTURES = "loading_fixtures"
+    RUNNING = "running"
+    COLLECTING = "collecting"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Verdict(StrEnum):
+    """What the measurement says: thresholds met, not met, or the load stopped early."""
+
+    PASSED = "passed"
+    FAILED = "failed"
+    ABORTED = "aborted"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class QueryResult(_Model):
+    """One query's numbers. `count` includes errors; percentiles cover successful executions."""
+
+    name: str
+    workload_id: str | None = None
+    count: int
+    errors: int
+    error_rate: float
+    errors_by_kind: dict[str, int] = Field(default_factory=dict)
+    interrupted: int = 0
+    qps: float
+    min_ms: float | None = None
+    mean_ms: float | None = None
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    p95_ms: float | None = None
+    p99_ms: float | None = None
+    p999_ms: float | None = None
+    max_ms: float | None = None
+    first_error: str | None = None
+    histogram: str | None = Field(
+        default=None, description="HDR histogram V2, base64; microseconds, 1 µs to 1 h, 3 digits"
+    )
+
+
+class SutRecord(_Model):
+    type: str
+    host: str
+    port: int
+    database: str
+    key: str
+
+
+class WorkloadRecord(_Model):
+    workload_id: str
+    source: str
+    sha256: str
+
+
+class FixtureLoadRecord(_Model):
+    table: str
+    fixture: str
+    action: str
+    rows: int
+    seconds: float
+    data_version: str
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat().replace("+00:00", "Z")
+
+
+class Result(_Model):
+    """The merged measurement of a run with its verdict, or why there is none."""
+
+    run_id: str
+    dagster_run_id: str | None = None
+    plan: str
+    plan_source: str
+    plan_sha256: str
+    plan_text: str
+    sut: SutRecord
+    engine: str = "native"
+    launch: str | None = None
+    status: RunStatus
+    verdict: Verdict | None = None
+    abort_reason: str | None = None
+    error: str | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    duration_s: float | None = None
+    concurrency: int
+    shards: int
+    workloads: list[WorkloadRecord] = Field(default_factory=list)
+    fixtures: list[FixtureLoadRecord] = Field(default_factory=list)
+    queries: list[QueryResult] = Field(default_factory=list)
+    total: QueryResult | None = None
+
+    @field_serializer("started_at", "ended_at")
+    def _serialise_time(self, value: datetime | None) -> str | None:
+        return _iso(value)

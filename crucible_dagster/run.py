@@ -1,0 +1,404 @@
+"""One run of a plan, step by step, in plain Python: the Dagster ops and the CLI call these.
+
+The steps are those of a run's life: take the SUT lease, ensure and load the fixtures, run the
+load, write the result, release the lease. Whatever goes wrong, `finish` writes a result that
+says what happened and releases the lease last.
+"""
+
+import asyncio
+import logging
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from pydantic import SecretStr
+
+from crucible_dagster.engine import EngineQuery, FailureDetection, LoadShape, Measurement, run_load
+from crucible_dagster.errors import CrucibleError, RunError, SutError
+from crucible_dagster.fixtures.manifest import FixtureManifest, read_manifest
+from crucible_dagster.fixtures.postgresql import FixtureTableLoad, load_fixture_tables
+from crucible_dagster.fixtures.refs import FixtureRef
+from crucible_dagster.fixtures.tpch import SCALES as TPCH_SCALES
+from crucible_dagster.fixtures.tpch import generate_tpch
+from crucible_dagster.lease import Heartbeat, Lease, LeaseHolder, LeaseStore
+from crucible_dagster.plan import FixtureTable, LoadedPlan, resolve_workloads
+from crucible_dagster.results import (
+    FixtureLoadRecord,
+    Result,
+    RunStatus,
+    SutRecord,
+    Verdict,
+    WorkloadRecord,
+    summarise,
+    write_result,
+)
+from crucible_dagster.settings import Settings
+from crucible_dagster.storage import Storage, storage_from_url
+from crucible_dagster.suts import postgresql
+from crucible_dagster.suts.base import SutIdentity, SutTarget, sut_identity
+from crucible_dagster.workload import Workload
+
+RUN_ID_TAG = "crucible/run-id"
+PLAN_TAG = "crucible/plan"
+SUT_TAG = "crucible/sut"
+LAUNCH_TAG = "crucible/launch"
+
+# SUT types whose native adapter exists; the plan format already names the others.
+SUPPORTED_SUT_TYPES = ("postgresql",)
+
+# Datasets Crucible can generate when a plan needs a fixture that storage does not hold yet,
+# with the scales the fixture asset is partitioned by.
+GENERATORS: dict[str, tuple[Callable[[Storage, str], FixtureManifest], tuple[str, ...]]] = {
+    "tpch": (generate_tpch, TPCH_SCALES),
+}
+
+# A CLI run has no queue in front of it, so it waits this long for a busy SUT.
+CLI_LEASE_WAIT_S = 3600.0
+LEASE_TTL_S = 60.0
+
+logger = logging.getLogger("crucible")
+
+ProgressListener = Callable[["PlanRun", object], None]
+# Listeners in this process (the CLI's progress bar) that want the load's progress.
+progress_listeners: list[ProgressListener] = []
+
+
+def mint_run_id(plan: str, now: datetime | None = None) -> str:
+    """`{plan}_{YYYYMMDD-HHmm}_{8 hex}` in UTC, minted once per run."""
+    moment = (now or datetime.now(UTC)).astimezone(UTC)
+    return f"{plan}_{moment:%Y%m%d-%H%M}_{secrets.token_hex(4)}"
+
+
+def plan_sut(loaded: LoadedPlan) -> SutIdentity:
+    env = loaded.plan.test_environment
+    spec = env.component_spec
+    info = spec.cluster_info
+    host = info.host if info is not None else spec.type
+    port = info.port if info is not None else None
+    return sut_identity(spec.type, host, port, env.target_db)
+
+
+@dataclass
+class PlanRun:
+    """The state of one run while it goes; `finish` closes it whatever happened."""
+
+    loaded: LoadedPlan
+    run_id: str
+    settings: Settings
+    storage: Storage
+    sut: SutIdentity
+    launch: str = "dagster"
+    dagster_run_id: str | None = None
+    status: RunStatus = RunStatus.QUEUED
+    workloads: list[Workload] = field(default_factory=list)
+    fixtures: list[FixtureLoadRecord] = field(default_factory=list)
+    lease: Lease | None = None
+    heartbeat: Heartbeat | None = None
+    measurement: Measurement | None = None
+    result: Result | None = None
+    result_uri: str | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+    log: logging.Logger | logging.LoggerAdapter = logger  # type: ignore[type-arg]
+
+    @property
+    def plan(self) -> str:
+        return self.loaded.name
+
+    def say(self, message: str, *args: object) -> None:
+        """One log line per phase, always with run id, plan and SUT."""
+        self.log.info("[%s plan=%s sut=%s] " + message, self.run_id, self.plan, self.sut, *args)
+
+    def target(self) -> SutTarget:
+        """Connection settings; the password is resolved here, at the last moment."""
+        info = self.loaded.plan.test_environment.component_spec.cluster_info
+        if info is None:
+            raise RunError(f"plan {self.plan} names no cluster_info to connect to")
+        return SutTarget(
+            identity=self.sut,
+            user=info.username,
+            password=SecretStr(info.password.reveal()),
+            connect_timeout_s=info.connect_timeout.seconds,
+            statement_timeout_s=info.statement_timeout.seconds,
+        )
+
+
+def open_run(
+    loaded: LoadedPlan,
+    settings: Settings,
+    *,
+    run_id: str | None = None,
+    launch: str = "dagster",
+    dagster_run_id: str | None = None,
+    log: logging.Logger | logging.LoggerAdapter | None = None,  # type: ignore[type-arg]
+) -> PlanRun:
+    """The state of a new run; nothing is checked yet, so that any failure can be recorded."""
+    return PlanRun(
+        loaded=loaded,
+        run_id=run_id or mint_run_id(loaded.name),
+        settings=settings,
+        storage=storage_from_url(settings.storage_url, settings),
+        sut=plan_sut(loaded),
+        launch=launch,
+        dagster_run_id=dagster_run_id,
+        log=log or logger,
+    )
+
+
+def check_run(run: PlanRun) -> None:
+    """Checks what can be checked before touching the SUT: its type, engine and workloads."""
+    loaded = run.loaded
+    if run.sut.sut_type not in SUPPORTED_SUT_TYPES:
+        raise RunError(
+            f"{loaded.source}: SUT type {run.sut.sut_type!r} has no native adapter in this "
+            f"version of Crucible; supported: {', '.join(SUPPORTED_SUT_TYPES)}"
+        )
+    if loaded.plan.execution.executor != "native":
+        raise RunError(f"{loaded.source}: executor {loaded.plan.execution.executor!r} is not "
+                       "available in this version of Crucible; use executor: native")  # fmt: skip
+    for table in loaded.plan.test_environment.fixture_tables():
+        generator = GENERATORS.get(table.dataset)
+        if generator is not None and table.scale not in generator[1]:
+            raise RunError(
+                f"{loaded.source}: fixture {table.dataset} has no scale {table.scale}; "
+                f"choose one of {', '.join(generator[1])}"
+            )
+    run.workloads = resolve_workloads(loaded, run.storage)
+
+
+def take_lease(run: PlanRun) -> None:
+    """Takes the SUT lease; a CLI run waits for it, a queued Dagster run fails fast."""
+    store = LeaseStore(run.settings.database_url)
+
+    def waiting(holder: LeaseHolder) -> None:
+        run.say("waiting for the lease, held by run %s (plan %s) since %s",
+                holder.run_id, holder.plan, holder.acquired_at)  # fmt: skip
+
+    run.lease = store.acquire(
+        run.sut,
+        run.run_id,
+        run.plan,
+        run.dagster_run_id,
+        wait=run.launch == "cli",
+        timeout_s=CLI_LEASE_WAIT_S,
+        ttl_s=LEASE_TTL_S,
+        on_wait=waiting,
+    )
+    run.heartbeat = Heartbeat(store, run.lease, LEASE_TTL_S / 3)
+    run.heartbeat.__enter__()
+    run.status = RunStatus.LEASED
+    run.say("lease taken (token %s)", run.lease.token)
+
+
+def load_fixtures(
+    run: PlanRun, on_materialized: Callable[[FixtureManifest], None] | None = None
+) -> None:
+    """Generates missing fixture partitions into storage, then loads them into the SUT."""
+    tables = run.loaded.plan.test_environment.fixture_tables()
+    if not tables:
+        return
+    run.status = RunStatus.LOADING_FIXTURES
+    for dataset, scale in sorted({(t.dataset, t.scale) for t in tables}):
+        if read_manifest(run.storage, dataset, scale) is not None:
+            continue
+        generator = GENERATORS.get(dataset)
+        if generator is None:
+            continue  # an uploaded dataset: the loader finds its files or says they are missing
+        run.say("generating fixture %s at scale %s", dataset, scale)
+        manifest = generator[0](run.storage, scale)
+        if on_materialized is not None:
+            on_materialized(manifest)
+    _check_lease(run)
+    reports = postgresql_fixture_load(run, tables)
+    run.fixtures = reports
+    loaded = sum(1 for r in reports if r.action == "loaded")
+    run.say("fixtures ready: %d loaded, %d already there", loaded, len(reports) - loaded)
+
+
+def postgresql_fixture_load(run: PlanRun, tables: list[FixtureTable]) -> list[FixtureLoadRecord]:
+    loads = [
+        FixtureTableLoad(
+            ref=FixtureRef(t.dataset, t.scale, t.table), target_table=t.target_table,
+            reload=t.reload,
+        )
+        for t in tables
+    ]  # fmt: skip
+    reports = asyncio.run(load_fixture_tables(run.target(), run.storage, loads, run_id=run.run_id))
+    return [
+        FixtureLoadRecord(
+            table=r.table,
+            fixture=r.fixture_id,
+            action=r.action,
+            rows=r.rows,
+            seconds=round(r.seconds, 3),
+            data_version=r.data_version,
+        )
+        for r in reports
+    ]
+
+
+def engine_queries(run: PlanRun) -> list[EngineQuery]:
+    return [
+        EngineQuery(name=q.name, sql=q.sql, source=q.source, line=q.line)
+        for w in run.workloads
+        for q in w.queries
+    ]
+
+
+def run_the_load(run: PlanRun, on_progress: Callable[[object], None] | None = None) -> None:
+    """Preflights every query on the SUT, then drives the load and keeps the measurement."""
+    execution = run.loaded.plan.execution
+    target = run.target()
+    queries = engine_queries(run)
+    asyncio.run(postgresql.preflight(target, queries))
+    _check_lease(run)
+
+    detection = execution.failure_detection
+    shape = LoadShape(
+        concurrency=execution.concurrency,
+        ramp_up_s=execution.ramp_up.seconds,
+        hold_for_s=execution.hold_for.seconds,
+        shards=execution.shards,
+        graceful_stop_s=execution.graceful_stop.seconds,
+    )
+    run.status = RunStatus.RUNNING
+    run.say("load started: %d virtual users over %d shard(s), %s ramp-up, %s hold",
+            shape.concurrency, shape.shards, execution.ramp_up.text,
+            execution.hold_for.text)  # fmt: skip
+
+    def progress(update: object) -> None:
+        if on_progress is not None:
+            on_progress(update)
+        for listener in list(progress_listeners):
+            listener(run, update)
+
+    run.measurement = run_load(
+        target,
+        queries,
+        shape,
+        FailureDetection(
+            enabled=detection.enabled,
+            error_rate_threshold=detection.error_rate_threshold,
+            abort_delay_s=detection.abort_delay.seconds,
+        )
+        if detection is not None
+        else FailureDetection(),
+        on_progress=progress,
+        stop=run.stop,
+    )
+    run.status = RunStatus.COLLECTING
+    if run.measurement.abort_reason:
+        run.say("load aborted: %s", run.measurement.abort_reason)
+    else:
+        run.say("load finished")
+
+
+def finish(run: PlanRun, error: BaseException | None = None) -> Result:
+    """Writes the result (measured, failed or cancelled), then releases the lease. Idempotent."""
+    if run.result is None:
+        run.result = build_result(run, error)
+        try:
+            run.result_uri = write_result(run.storage, run.result)
+            run.say("result written to %s (status %s, verdict %s)", run.result_uri,
+                    run.result.status, run.result.verdict)  # fmt: skip
+        finally:
+            release(run)
+    else:
+        release(run)
+    return run.result
+
+
+def release(run: PlanRun) -> None:
+    if run.heartbeat is not None:
+        run.heartbeat.__exit__(None, None, None)
+        run.heartbeat = None
+    if run.lease is not None:
+        released = LeaseStore(run.settings.database_url).release(run.lease)
+        run.lease = None
+        if released:
+            run.say("lease released")
+
+
+def build_result(run: PlanRun, error: BaseException | None) -> Result:
+    execution = run.loaded.plan.execution
+    measurement = run.measurement
+    status = _final_status(run, error)
+    verdict = None
+    queries, total = [], None
+    started_at = ended_at = None
+    abort_reason = None
+    if measurement is not None:
+        workload_of = {q.name: w.workload_id for w in run.workloads for q in w.queries}
+        queries, total = summarise(measurement, workload_of)
+        started_at, ended_at = measurement.started_at, measurement.ended_at
+        abort_reason = measurement.abort_reason
+        if status is RunStatus.COMPLETED:
+            verdict = Verdict.ABORTED if abort_reason else Verdict.PASSED
+    return Result(
+        run_id=run.run_id,
+        dagster_run_id=run.dagster_run_id,
+        plan=run.plan,
+        plan_source=run.loaded.source,
+        plan_sha256=run.loaded.sha256,
+        plan_text=run.loaded.text,
+        sut=SutRecord(
+            type=run.sut.sut_type,
+            host=run.sut.host,
+            port=run.sut.port,
+            database=run.sut.database,
+            key=run.sut.key,
+        ),
+        engine=execution.executor,
+        launch=run.launch,
+        status=status,
+        verdict=verdict,
+        abort_reason=abort_reason,
+        error=describe_error(error) if status is not RunStatus.COMPLETED else None,
+        started_at=started_at,
+        ended_at=ended_at,
+        duration_s=round((ended_at - started_at).total_seconds(), 3)
+        if started_at and ended_at
+        else None,
+        concurrency=execution.concurrency,
+        shards=execution.shards,
+        workloads=[
+            WorkloadRecord(workload_id=w.workload_id, source=w.source, sha256=w.sha256)
+            for w in run.workloads
+        ],
+        fixtures=run.fixtures,
+        queries=queries,
+        total=total,
+    )
+
+
+def describe_error(error: BaseException | None) -> str | None:
+    """The first cause in words: Crucible's own errors as they are, anything else with its type."""
+    if error is None:
+        return None
+    if isinstance(error, CrucibleError):
+        return str(error)
+    if isinstance(error, KeyboardInterrupt):
+        return "the run was stopped"
+    name = type(error).__name__
+    if "Interrupt" in name:
+        return "the run was cancelled"
+    return f"{name}: {error}"
+
+
+def _final_status(run: PlanRun, error: BaseException | None) -> RunStatus:
+    if error is None:
+        if run.measurement is not None and run.measurement.interrupted_by_stop:
+            return RunStatus.CANCELLED
+        return RunStatus.COMPLETED
+    if isinstance(error, KeyboardInterrupt) or "Interrupt" in type(error).__name__:
+        return RunStatus.CANCELLED
+    return RunStatus.FAILED
+
+
+def _check_lease(run: PlanRun) -> None:
+    """Stops the run before it loads the SUT if its lease was lost meanwhile."""
+    if run.heartbeat is not None and run.heartbeat.lost is not None:
+        raise run.heartbeat.lost
+    if run.lease is None:
+        raise SutError(f"run {run.run_id} does not hold the lease on {run.sut}")

@@ -1,0 +1,169 @@
+"""PostgreSQL through asyncpg: connect, check a workload before load, and classify errors."""
+
+import asyncio
+import socket
+from collections.abc import Sequence
+from typing import Protocol
+
+import asyncpg
+
+from crucible_dagster.errors import Location, Problem, SutError, ValidationError
+from crucible_dagster.suts.base import SutIdentity, SutTarget
+
+
+class WorkloadQuery(Protocol):
+    """What preflight needs of a query (the engine's EngineQuery has these fields)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def sql(self) -> str: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def line(self) -> int: ...
+
+
+# SQLSTATEs of a server that ended our session (shutdown, crash recovery, terminated backend):
+# the connection is gone, so they count as "connection" like a dropped socket.
+_SESSION_ENDED = {"57P01", "57P02", "57P03", "57P04", "57P05"}
+
+
+async def connect(target: SutTarget, *, database: str | None = None) -> asyncpg.Connection:
+    """Opens one session with the target's timeouts; failures become a SutError.
+
+    The server-side `statement_timeout` is set from `target.statement_timeout_s` (0 disables it).
+    """
+    identity = target.identity
+    if database is not None:
+        identity = SutIdentity(identity.sut_type, identity.host, identity.port, database)
+    timeout_ms = max(int(target.statement_timeout_s * 1000), 0)
+    try:
+        return await asyncpg.connect(
+            host=identity.host,
+            port=identity.port,
+            user=target.user,
+            password=target.password.get_secret_value() or None,
+            database=identity.database,
+            timeout=target.connect_timeout_s,
+            server_settings={
+                "statement_timeout": str(timeout_ms),
+                "application_name": "crucible",
+            },
+        )
+    except BaseException as exc:
+        error = connect_error(exc, identity, target.user, target.connect_timeout_s)
+        if error is None:
+            raise
+        raise error from None
+
+
+def connect_error(
+    exc: BaseException, identity: SutIdentity, user: str, timeout_s: float
+) -> SutError | None:
+    """A user-facing SutError for a failed connection attempt (None for cancellation)."""
+    key = identity.key
+    if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
+        return None
+    if isinstance(exc, asyncpg.InvalidPasswordError):
+        return SutError(f"{key}: authentication failed for user '{user}'")
+    if isinstance(exc, asyncpg.InvalidCatalogNameError):
+        return SutError(f"{key}: database '{identity.database}' does not exist")
+    if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError):
+        return SutError(f"{key}: the server refused user '{user}': {_server_message(exc)}")
+    if isinstance(exc, asyncpg.TooManyConnectionsError):
+        return SutError(f"{key}: the server accepts no more connections: {_server_message(exc)}")
+    if isinstance(exc, TimeoutError):
+        return SutError(f"cannot reach {key}: no answer within {timeout_s:g}s")
+    if isinstance(exc, ConnectionRefusedError):
+        return SutError(f"cannot reach {key}: connection refused")
+    if isinstance(exc, socket.gaierror):
+        return SutError(f"cannot reach {key}: host '{identity.host}' is unknown")
+    if isinstance(exc, OSError):
+        return SutError(f"cannot reach {key}: {exc.strerror or exc}")
+    if isinstance(exc, asyncpg.PostgresError):
+        return SutError(f"{key}: the server refused the connection: {_server_message(exc)}")
+    return SutError(f"cannot connect to {key}: {type(exc).__name__}: {exc}")
+
+
+async def preflight(target: SutTarget, queries: Sequence[WorkloadQuery]) -> None:
+    """Prepares every query on the SUT without running it; reports all rejections at once.
+
+    Raises ValidationError with one Problem per rejected query, located at its workload file and
+    line and carrying the server's message; raises SutError when the SUT cannot be reached.
+    """
+    conn = await connect(target)
+    problems: list[Problem] = []
+    try:
+        for query in queries:
+            try:
+                await conn.prepare(query.sql)
+            except asyncpg.PostgresError as exc:
+                if conn.is_closed():
+                    raise SutError(
+                        f"{target.identity.key}: the connection was lost during preflight "
+                        f"while preparing query '{query.name}': {_server_message(exc)}"
+                    ) from None
+                problems.append(_rejection(target, query, exc))
+    finally:
+        await _close(conn)
+    if problems:
+        raise ValidationError(problems)
+
+
+def classify_error(exc: BaseException) -> str:
+    """The kind of a failed execution: a SQLSTATE class ("42", "22"...), "timeout",
+    "connection" or "other"."""
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, asyncpg.PostgresError):
+        sqlstate = getattr(exc, "sqlstate", None) or ""
+        if sqlstate == "57014" and "statement timeout" in str(exc):
+            return "timeout"
+        if sqlstate.startswith("08") or sqlstate in _SESSION_ENDED:
+            return "connection"
+        return sqlstate[:2] if len(sqlstate) >= 2 else "other"
+    if isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc):
+        return "connection"
+    if isinstance(exc, ConnectionError | OSError):
+        return "connection"
+    return "other"
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-line sample of an execution error for diagnosis (server messages carry no secrets)."""
+    if isinstance(exc, asyncpg.PostgresError):
+        sqlstate = getattr(exc, "sqlstate", None)
+        return f"{sqlstate}: {_server_message(exc)}" if sqlstate else _server_message(exc)
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _rejection(target: SutTarget, query: WorkloadQuery, exc: asyncpg.PostgresError) -> Problem:
+    message = f"query '{query.name}' was rejected by {target.identity.key}: "
+    message += _server_message(exc)
+    position = _error_line(query.sql, getattr(exc, "position", None))
+    if position is not None:
+        message += f" (line {position} of the query)"
+    return Problem(Location(query.source, query.line), message, field=query.name)
+
+
+def _error_line(sql: str, position: str | None) -> int | None:
+    """The 1-based line inside the query text where the server located the error."""
+    if not position or not position.isdigit():
+        return None
+    offset = int(position) - 1
+    return sql[: max(offset, 0)].count("\n") + 1
+
+
+def _server_message(exc: BaseException) -> str:
+    message = getattr(exc, "message", None) or str(exc)
+    detail = getattr(exc, "detail", None)
+    return f"{message} ({detail})" if detail else str(message)
+
+
+async def _close(conn: asyncpg.Connection) -> None:
+    try:
+        await asyncio.wait_for(conn.close(), timeout=2.0)
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        conn.terminate()

@@ -1,0 +1,405 @@
+"""The one workload parser: an annotated SQL/CQL file becomes named queries.
+
+A workload starts with a `-- @type: sql` (or `cql`) header; each query starts with a
+`-- @name: <name>` line and runs until the next marker. Markers count only at the start of a
+line that is outside string literals, quoted identifiers, dollar-quoted strings and block
+comments, so SQL text that merely looks like a marker stays in its query. Every engine reads
+the queries parsed here; nothing else parses workload files.
+"""
+
+import difflib
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from crucible_dagster.errors import Location, Problem, ValidationError
+
+WORKLOAD_TYPES = ("sql", "cql")
+# Dialect names seen in the original plans; they all mean SQL sent verbatim to the SUT.
+SQL_DIALECTS = (
+    "mysql",
+    "postgresql",
+    "postgres",
+    "doris",
+    "trino",
+    "clickhouse",
+    "starrocks",
+    "mariadb",
+)
+# In these dialects a backslash escapes the next character inside '...' and "..." strings.
+_BACKSLASH_DIALECTS = frozenset({"mysql", "mariadb", "doris", "starrocks", "clickhouse"})
+# MySQL-family identifiers may contain `$`, so `$x$` there is not a dollar quote.
+_NO_DOLLAR_QUOTE_DIALECTS = _BACKSLASH_DIALECTS
+
+QUERY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_MARKERS = ("type", "name")
+# Markers planned for query weights and parameters; they are recognised so that a file using
+# them fails with a clear reason instead of a typo suggestion.
+_RESERVED_MARKERS = ("weight", "param")
+_MARKER_LINE = re.compile(r"^--\s*@([A-Za-z_][A-Za-z0-9_-]*)(.*)$")
+_DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$")
+
+
+@dataclass(frozen=True)
+class Query:
+    """One named block of a workload; `line` is the 1-based line of its `-- @name:` marker."""
+
+    name: str
+    sql: str
+    workload_id: str
+    source: str
+    line: int
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A parsed workload file; `sha256` is the hash of its exact text, utf-8 encoded."""
+
+    workload_id: str
+    type: str
+    source: str
+    sha256: str
+    queries: tuple[Query, ...]
+
+
+_Add = Callable[..., None]
+
+
+class _Problems:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.items: list[Problem] = []
+
+    def add(self, message: str, line: int | None = None, column: int | None = None) -> None:
+        self.items.append(Problem(Location(self.source, line, column), message))
+
+
+@dataclass(frozen=True)
+class _Marker:
+    keyword: str
+    value: str
+    line: int  # 1-based
+    column: int  # 1-based column of `--`
+    value_column: int
+    has_colon: bool
+
+
+@dataclass
+class _Lines:
+    """What the lexer learnt about each line (0-based index)."""
+
+    starts_in_code: list[bool]
+    has_code: list[bool]
+    unterminated: tuple[str, int, int] | None  # (what, line, column), 1-based
+
+
+def parse_workload(text: str, *, source: str, workload_id: str) -> Workload:
+    """Parses a workload; raises ValidationError listing every problem with its position."""
+    sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    problems = _Problems(source)
+    problem = problems.add
+
+    first = next((i for i, line in enumerate(lines) if line.strip()), None)
+    if first is None:
+        problem("the workload file is empty: it needs a '-- @type: sql' header and queries")
+        raise ValidationError(problems.items)
+
+    header = _marker_at(lines, first)
+    dialect = header.value.strip().lower() if header and header.keyword == "type" else ""
+    scan = _scan(lines, dialect)
+    found = (_marker_at(lines, i) for i in range(len(lines)) if scan.starts_in_code[i])
+    markers = [marker for marker in found if marker is not None]
+
+    workload_type = _check_header(header, first, lines, problem)
+    _check_markers(markers, header, problem)
+
+    blocks = [m for m in markers if m.keyword == "name"]
+    boundaries = [m.line for m in markers if m.keyword in _MARKERS + _RESERVED_MARKERS]
+    header_line = header.line if header and header.keyword == "type" else first + 1
+    _check_stray_sql(lines, scan, header_line, blocks, problem)
+    queries = _read_queries(lines, scan, blocks, boundaries, problem, source, workload_id)
+
+    if not blocks:
+        problem("the workload has no queries: start each query with a '-- @name: <name>' line")
+    if scan.unterminated is not None:
+        what, line, column = scan.unterminated
+        problem(
+            f"unterminated {what}: it runs to the end of the file, hiding every marker after it",
+            line,
+            column,
+        )
+    if problems.items:
+        raise ValidationError(sorted(problems.items, key=_position))
+    assert workload_type is not None
+    return Workload(workload_id, workload_type, source, sha256, tuple(queries))
+
+
+def _check_stray_sql(
+    lines: list[str], scan: _Lines, header_line: int, blocks: list[_Marker], problem: _Add
+) -> None:
+    """SQL between the header and the first block would be silently ignored: an error."""
+    stray_end = blocks[0].line - 1 if blocks else len(lines)
+    for index in range(header_line, stray_end):
+        if scan.has_code[index]:
+            problem(
+                "SQL before the first '-- @name:' line belongs to no query; "
+                "put a '-- @name: <name>' line above it",
+                index + 1,
+                _indent(lines[index]) + 1,
+            )
+            return
+
+
+def _read_queries(
+    lines: list[str],
+    scan: _Lines,
+    blocks: list[_Marker],
+    boundaries: list[int],
+    problem: _Add,
+    source: str,
+    workload_id: str,
+) -> list[Query]:
+    """One query per `-- @name:` block: its body runs to the next marker line."""
+    queries: list[Query] = []
+    seen: dict[str, int] = {}
+    for marker in blocks:
+        name = marker.value
+        following = [b for b in boundaries if b > marker.line]
+        end = following[0] - 1 if following else len(lines)
+        if not name:
+            continue  # reported by _check_markers
+        if not QUERY_NAME.match(name):
+            problem(
+                f"invalid query name {name!r}: expected letters, digits and underscores, "
+                "not starting with a digit (it names the query's metrics)",
+                marker.line,
+                marker.value_column,
+            )
+        elif name in seen:
+            problem(
+                f"duplicate query name {name!r} (first defined at line {seen[name]})",
+                marker.line,
+                marker.value_column,
+            )
+        else:
+            seen[name] = marker.line
+        if not any(scan.has_code[marker.line : end]):
+            problem(
+                f"query {name!r} has no SQL after its '-- @name:' line", marker.line, marker.column
+            )
+        body = "\n".join(lines[marker.line : end]).strip()
+        queries.append(Query(name, body, workload_id, source, marker.line))
+    return queries
+
+
+def workload_from_bytes(data: bytes, *, source: str, workload_id: str) -> Workload:
+    """Decodes utf-8 bytes (an undecodable byte is a problem with its position) and parses."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        before = data[: error.start]
+        line = before.count(b"\n") + 1
+        column = error.start - (before.rfind(b"\n") + 1) + 1
+        message = f"the workload is not valid utf-8 text (byte 0x{data[error.start]:02x})"
+        raise ValidationError([Problem(Location(source, line, column), message)]) from None
+    return parse_workload(text, source=source, workload_id=workload_id)
+
+
+def load_workload_file(path: Path, workload_id: str) -> Workload:
+    """Reads and parses a workload file; a missing or unreadable file is a ValidationError."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ValidationError([Problem(Location(str(path)), "workload file not found")]) from None
+    except OSError as error:
+        message = f"cannot read the workload file: {error.strerror or error}"
+        raise ValidationError([Problem(Location(str(path)), message)]) from None
+    return workload_from_bytes(data, source=str(path), workload_id=workload_id)
+
+
+def _check_header(
+    header: _Marker | None, first: int, lines: list[str], problem: _Add
+) -> str | None:
+    if header is None or header.keyword != "type":
+        problem(
+            "the first non-blank line must declare the workload type, e.g. '-- @type: sql'",
+            first + 1,
+            _indent(lines[first]) + 1,
+        )
+        return None
+    value = header.value.strip()
+    if not header.has_colon or not value:
+        return None  # reported by _check_markers
+    lowered = value.lower()
+    if lowered in WORKLOAD_TYPES:
+        return lowered
+    if lowered in SQL_DIALECTS:
+        return "sql"
+    problem(
+        f"unknown workload type {value!r}: expected sql or cql "
+        f"(the SQL dialect names {', '.join(SQL_DIALECTS)} also mean sql)",
+        header.line,
+        header.value_column,
+    )
+    return None
+
+
+def _check_markers(markers: list[_Marker], header: _Marker | None, problem: _Add) -> None:
+    known = _MARKERS + _RESERVED_MARKERS
+    for marker in markers:
+        where = (marker.line, marker.column)
+        if marker.keyword not in known:
+            if not marker.has_colon:
+                continue  # an ordinary comment that happens to start with @
+            close = difflib.get_close_matches(marker.keyword.lower(), known, n=1, cutoff=0.5)
+            hint = f"; did you mean '-- @{close[0]}:'?" if close else ""
+            problem(f"unknown marker '@{marker.keyword}': expected @type or @name{hint}", *where)
+        elif marker.keyword in _RESERVED_MARKERS:
+            problem(f"the '@{marker.keyword}' marker is not supported yet", *where)
+        elif not marker.has_colon:
+            problem(
+                f"the '@{marker.keyword}' marker needs a colon: '-- @{marker.keyword}: ...'", *where
+            )
+        elif not marker.value.strip():
+            what = "a workload type (sql or cql)" if marker.keyword == "type" else "a query name"
+            problem(
+                f"the '@{marker.keyword}:' marker has nothing after it: expected {what}", *where
+            )
+        elif marker.keyword == "type" and marker != header:
+            if header is not None and header.keyword == "type":
+                message = (
+                    f"a second '-- @type:' line: the type is declared once, at line {header.line}"
+                )
+            else:
+                message = "'-- @type:' must be the first non-blank line of the workload"
+            problem(message, *where)
+
+
+def _marker_at(lines: list[str], index: int) -> _Marker | None:
+    line = lines[index]
+    indent = _indent(line)
+    match = _MARKER_LINE.match(line.strip())
+    if match is None:
+        return None
+    keyword, rest = match.group(1), match.group(2)
+    stripped_rest = rest.lstrip()
+    has_colon = stripped_rest.startswith(":")
+    value = stripped_rest[1:] if has_colon else stripped_rest
+    value_offset = len(line.rstrip()) - len(value.strip())
+    return _Marker(
+        keyword=keyword,
+        value=value.strip(),
+        line=index + 1,
+        column=indent + 1,
+        value_column=value_offset + 1,
+        has_colon=has_colon,
+    )
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def _position(problem: Problem) -> tuple[int, int]:
+    return (problem.location.line or 0, problem.location.column or 0)
+
+
+def _scan(lines: list[str], dialect: str) -> _Lines:
+    """A small SQL lexer: which lines start outside literals and comments, which hold code.
+
+    It knows '...' strings (with '' and, for E'...' or MySQL-family dialects, backslash
+    escapes), "..." and `...` quoted identifiers, $tag$...$tag$ strings, -- line comments and
+    nested /* ... */ block comments. That is all a marker test needs.
+    """
+    backslash = dialect in _BACKSLASH_DIALECTS
+    dollar = dialect not in _NO_DOLLAR_QUOTE_DIALECTS
+    starts_in_code: list[bool] = []
+    has_code: list[bool] = []
+    # Open construct: (kind, closing text, escapes, depth, line, column)
+    kind: str | None = None
+    closing = ""
+    escapes = False
+    depth = 0
+    opened = (0, 0)
+
+    for number, line in enumerate(lines, start=1):
+        starts_in_code.append(kind is None)
+        code = False
+        i = 0
+        n = len(line)
+        while i < n:
+            ch = line[i]
+            if kind is None:
+                if ch in " \t\f\v":
+                    i += 1
+                elif line.startswith("--", i):
+                    break
+                elif line.startswith("/*", i):
+                    kind, depth, opened = "block comment", 1, (number, i + 1)
+                    i += 2
+                elif ch in "'\"`":
+                    code = True
+                    prefix = line[i - 1] if i else ""
+                    before = line[i - 2] if i > 1 else ""
+                    e_string = ch == "'" and prefix in "eE" and prefix != "" and not _ident(before)
+                    kind = "string literal" if ch == "'" else "quoted identifier"
+                    closing, escapes, opened = (
+                        ch,
+                        (backslash and ch != "`") or e_string,
+                        (number, i + 1),
+                    )
+                    i += 1
+                elif ch == "$" and dollar and not (i and _ident(line[i - 1])):
+                    code = True
+                    tag = _DOLLAR_TAG.match(line, i)
+                    if tag is None:
+                        i += 1
+                    else:
+                        kind, closing, opened = (
+                            "dollar-quoted string",
+                            tag.group(0),
+                            (number, i + 1),
+                        )
+                        i = tag.end()
+                else:
+                    code = True
+                    i += 1
+            elif kind == "block comment":
+                if line.startswith("/*", i):
+                    depth, i = depth + 1, i + 2
+                elif line.startswith("*/", i):
+                    depth, i = depth - 1, i + 2
+                    if depth == 0:
+                        kind = None
+                else:
+                    i += 1
+            elif kind == "dollar-quoted string":
+                code = True
+                found = line.find(closing, i)
+                if found < 0:
+                    break
+                kind, i = None, found + len(closing)
+            else:
+                code = True
+                if escapes and ch == "\\":
+                    i += 2
+                elif ch == closing:
+                    if line.startswith(closing * 2, i):
+                        i += 2
+                    else:
+                        kind, i = None, i + 1
+                else:
+                    i += 1
+        has_code.append(code)
+
+    unterminated = (kind, *opened) if kind is not None else None
+    return _Lines(starts_in_code, has_code, unterminated)
+
+
+def _ident(ch: str) -> bool:
+    return ch.isalnum() or ch in "_$"

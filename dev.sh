@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Sets up Crucible's environment and runs the demo or the test suite:
+#   ./dev.sh demo    the TPC-H demo against a private PostgreSQL
+#   ./dev.sh test    formatting, lint, types and every test (unit, integration, end-to-end)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+UV_VERSION=0.13.9
+
+setup() {
+  if [ ! -x .tools/bin/uv ]; then
+    if ! python3 -m venv .tools 2>/dev/null; then
+      # Debian ships venv separately; as root the test command may install it.
+      rm -rf .tools
+      if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+        python3 -m venv .tools
+      else
+        echo "python3 -m venv failed: install python3-venv" >&2
+        exit 1
+      fi
+    fi
+    .tools/bin/pip install -q "uv==${UV_VERSION}"
+  fi
+  .tools/bin/uv sync --frozen --quiet --python "$(command -v python3)"
+}
+
+run_tests() {
+  .venv/bin/ruff format --check .
+  .venv/bin/ruff check .
+  .venv/bin/mypy
+  set +e
+  .venv/bin/pytest "$@"
+  local status=$?
+  set -e
+  if [ "$status" = 5 ]; then
+    # pytest's "no tests collected", e.g. a filter that matches nothing: not a failure.
+    echo "pytest collected no tests" >&2
+    return 0
+  fi
+  return "$status"
+}
+
+case "${1:-}" in
+  demo) setup; shift; exec .venv/bin/crucible demo "$@" ;;
+  test) setup; shift; run_tests "$@" ;;
+  setup) setup ;;
+  *) echo "usage: ./dev.sh demo | test [pytest args] | setup" >&2; exit 2 ;;
+esac

