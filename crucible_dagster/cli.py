@@ -8,7 +8,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -16,6 +16,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from crucible_dagster.errors import CrucibleError, ValidationError
+from crucible_dagster.storage import Storage
+
+if TYPE_CHECKING:
+    import dagster as dg
 from crucible_dagster.results import Result, Verdict
 
 app = typer.Typer(
@@ -125,7 +129,7 @@ def demo() -> None:
     raise typer.Exit(_exit_code(result))
 
 
-def _storage_or_none() -> object | None:
+def _storage_or_none() -> Storage | None:
     from crucible_dagster.settings import get_settings
     from crucible_dagster.storage import storage_from_url
 
@@ -177,16 +181,19 @@ def _run_plan(path: Path, *, quiet: bool = False) -> Result:
         raise CrucibleError(f"run {run_id} ended without a result: {failure}") from None
 
 
-def _first_failure(outcome: object) -> str:
-    for event in outcome.all_events:  # type: ignore[attr-defined]
-        if event.is_failure and event.step_failure_data is not None:
-            return str(event.step_failure_data.error.message).strip()
+def _first_failure(outcome: "dg.ExecuteInProcessResult") -> str:
+    for event in outcome.all_events:
+        failure = event.step_failure_data if event.is_failure else None
+        if failure is not None and failure.error is not None:
+            return failure.error.message.strip()
     return "no step reported why"
 
 
 @contextmanager
 def _progress_bar(quiet: bool, plan: str, planned_s: float) -> Iterator[None]:
     from crucible_dagster import run as run_steps
+    from crucible_dagster.engine import Progress as EngineProgress
+    from crucible_dagster.run import PlanRun
 
     if quiet:
         yield
@@ -200,12 +207,12 @@ def _progress_bar(quiet: bool, plan: str, planned_s: float) -> Iterator[None]:
     with Progress(*columns, console=errors, transient=False) as bar:
         task = bar.add_task(plan, total=planned_s or 1.0, status="preparing")
 
-        def listener(run: object, update: object) -> None:
+        def listener(run: PlanRun, update: EngineProgress) -> None:
             bar.update(
                 task,
-                completed=min(update.elapsed_s, planned_s),  # type: ignore[attr-defined]
-                status=f"{update.completed} queries, {update.errors} errors, "  # type: ignore[attr-defined]
-                f"{update.qps_recent:.0f} QPS, {update.active_vus} VUs",  # type: ignore[attr-defined]
+                completed=min(update.elapsed_s, planned_s),
+                status=f"{update.completed} queries, {update.errors} errors, "
+                f"{update.qps_recent:.0f} QPS, {update.active_vus} VUs",
             )
 
         run_steps.progress_listeners.append(listener)

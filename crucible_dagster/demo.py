@@ -70,6 +70,8 @@ def run_demo(console: Console, *, run_plan: Callable[[Path], Result]) -> Result:
 
 def _port_is_free(port: int) -> bool:
     with socket.socket() as probe:
+        # As the server will: a socket of the last demo still in TIME_WAIT does not count.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:

@@ -15,7 +15,14 @@ from datetime import UTC, datetime
 
 from pydantic import SecretStr
 
-from crucible_dagster.engine import EngineQuery, FailureDetection, LoadShape, Measurement, run_load
+from crucible_dagster.engine import (
+    EngineQuery,
+    FailureDetection,
+    LoadShape,
+    Measurement,
+    Progress,
+    run_load,
+)
 from crucible_dagster.errors import CrucibleError, RunError, SutError
 from crucible_dagster.fixtures.manifest import FixtureManifest, read_manifest
 from crucible_dagster.fixtures.postgresql import FixtureTableLoad, load_fixture_tables
@@ -26,6 +33,7 @@ from crucible_dagster.lease import Heartbeat, Lease, LeaseHolder, LeaseStore
 from crucible_dagster.plan import FixtureTable, LoadedPlan, resolve_workloads
 from crucible_dagster.results import (
     FixtureLoadRecord,
+    QueryResult,
     Result,
     RunStatus,
     SutRecord,
@@ -60,7 +68,7 @@ LEASE_TTL_S = 60.0
 
 logger = logging.getLogger("crucible")
 
-ProgressListener = Callable[["PlanRun", object], None]
+ProgressListener = Callable[["PlanRun", Progress], None]
 # Listeners in this process (the CLI's progress bar) that want the load's progress.
 progress_listeners: list[ProgressListener] = []
 
@@ -100,7 +108,7 @@ class PlanRun:
     result: Result | None = None
     result_uri: str | None = None
     stop: threading.Event = field(default_factory=threading.Event)
-    log: logging.Logger | logging.LoggerAdapter = logger  # type: ignore[type-arg]
+    log: logging.Logger | logging.LoggerAdapter[logging.Logger] = logger
 
     @property
     def plan(self) -> str:
@@ -131,7 +139,7 @@ def open_run(
     run_id: str | None = None,
     launch: str = "dagster",
     dagster_run_id: str | None = None,
-    log: logging.Logger | logging.LoggerAdapter | None = None,  # type: ignore[type-arg]
+    log: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
 ) -> PlanRun:
     """The state of a new run; nothing is checked yet, so that any failure can be recorded."""
     return PlanRun(
@@ -220,7 +228,7 @@ def postgresql_fixture_load(run: PlanRun, tables: list[FixtureTable]) -> list[Fi
     loads = [
         FixtureTableLoad(
             ref=FixtureRef(t.dataset, t.scale, t.table), target_table=t.target_table,
-            reload=t.reload,
+            reload="always" if t.reload == "always" else "auto",
         )
         for t in tables
     ]  # fmt: skip
@@ -246,7 +254,7 @@ def engine_queries(run: PlanRun) -> list[EngineQuery]:
     ]
 
 
-def run_the_load(run: PlanRun, on_progress: Callable[[object], None] | None = None) -> None:
+def run_the_load(run: PlanRun, on_progress: Callable[[Progress], None] | None = None) -> None:
     """Preflights every query on the SUT, then drives the load and keeps the measurement."""
     execution = run.loaded.plan.execution
     target = run.target()
@@ -267,7 +275,7 @@ def run_the_load(run: PlanRun, on_progress: Callable[[object], None] | None = No
             shape.concurrency, shape.shards, execution.ramp_up.text,
             execution.hold_for.text)  # fmt: skip
 
-    def progress(update: object) -> None:
+    def progress(update: Progress) -> None:
         if on_progress is not None:
             on_progress(update)
         for listener in list(progress_listeners):
@@ -325,7 +333,8 @@ def build_result(run: PlanRun, error: BaseException | None) -> Result:
     measurement = run.measurement
     status = _final_status(run, error)
     verdict = None
-    queries, total = [], None
+    queries: list[QueryResult] = []
+    total: QueryResult | None = None
     started_at = ended_at = None
     abort_reason = None
     if measurement is not None:

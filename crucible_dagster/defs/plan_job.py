@@ -17,7 +17,9 @@ from dagster._core.definitions.unresolved_asset_job_definition import (
 from crucible_dagster.defs.fixtures import manifest_metadata
 from crucible_dagster.defs.metadata import result_metadata
 from crucible_dagster.defs.resources import CrucibleResource
+from crucible_dagster.engine import Progress
 from crucible_dagster.errors import CrucibleError
+from crucible_dagster.fixtures.manifest import FixtureManifest
 from crucible_dagster.plan import LoadedPlan
 from crucible_dagster.run import (
     LAUNCH_TAG,
@@ -97,7 +99,7 @@ def build_plan_assets(
             run_id=run_id,
             launch=launch,
             dagster_run_id=context.run_id,
-            log=context.log,  # type: ignore[arg-type]
+            log=context.log,
         )
         with _runs_lock:
             _runs[context.run_id] = run
@@ -111,12 +113,12 @@ def build_plan_assets(
     def load_fixtures_op(context: dg.OpExecutionContext) -> None:
         run = _run_of(context)
 
-        def materialized(manifest: object) -> None:
+        def materialized(manifest: FixtureManifest) -> None:
             context.log_event(
                 dg.AssetMaterialization(
-                    asset_key=dg.AssetKey(["fixtures", manifest.dataset]),  # type: ignore[attr-defined]
-                    partition=manifest.scale,  # type: ignore[attr-defined]
-                    metadata=manifest_metadata(manifest),  # type: ignore[arg-type]
+                    asset_key=dg.AssetKey(["fixtures", manifest.dataset]),
+                    partition=manifest.scale,
+                    metadata=manifest_metadata(manifest),
                 )
             )
 
@@ -132,18 +134,18 @@ def build_plan_assets(
         run = _run_of(context)
         last_log = [0.0]
 
-        def progress(update: object) -> None:
+        def progress(update: Progress) -> None:
             now = time.monotonic()
             if now - last_log[0] >= PROGRESS_LOG_INTERVAL_S:
                 last_log[0] = now
                 context.log.info(
                     "progress %.0f/%.0f s: %d queries, %d errors, %.1f QPS, %d VUs",
-                    update.elapsed_s,  # type: ignore[attr-defined]
-                    update.planned_s,  # type: ignore[attr-defined]
-                    update.completed,  # type: ignore[attr-defined]
-                    update.errors,  # type: ignore[attr-defined]
-                    update.qps_recent,  # type: ignore[attr-defined]
-                    update.active_vus,  # type: ignore[attr-defined]
+                    update.elapsed_s,
+                    update.planned_s,
+                    update.completed,
+                    update.errors,
+                    update.qps_recent,
+                    update.active_vus,
                 )
 
         with _step(context, run):

@@ -5,7 +5,7 @@ import dagster as dg
 from crucible_dagster.settings import Settings, get_settings
 
 
-class CrucibleResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+class CrucibleResource(dg.ConfigurableResource):
     """Crucible's state: CRUCIBLE_HOME, object storage and the lease table."""
 
     storage_url: str | None = None

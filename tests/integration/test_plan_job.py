@@ -16,6 +16,7 @@ from crucible_dagster.run import LAUNCH_TAG, RUN_ID_TAG, mint_run_id, plan_sut
 from crucible_dagster.settings import get_settings
 from crucible_dagster.storage import storage_from_url
 from tests.conftest import PG_PASSWORD
+from tests.servers_s3 import S3Server
 
 pytestmark = pytest.mark.integration
 
@@ -253,3 +254,30 @@ def test_invalid_plan_in_folder_is_skipped_and_the_rest_load(
     assert defs.resolve_job_def("good") is not None
     assert "bad.yaml" in caplog.text
     assert "Bad-Name" in caplog.text
+
+
+def test_job_with_s3_storage_keeps_fixtures_and_results_in_the_bucket(
+    postgres: LocalPostgres,
+    pg_database: str,
+    instance: dg.DagsterInstance,
+    tmp_path: Path,
+    s3_server: S3Server,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bucket = s3_server.make_bucket()
+    monkeypatch.setenv("CRUCIBLE_STORAGE_URL", f"s3://{bucket}/crucible")
+    monkeypatch.setenv("CRUCIBLE_S3_ENDPOINT_URL", s3_server.endpoint_url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
+    get_settings.cache_clear()
+
+    plan = write_plan(tmp_path / "plans", "on_s3", port=postgres.port, database=pg_database)
+    success, run_id = execute(plan, instance)
+    assert success
+
+    keys = {info.key for info in s3_server.storage(bucket, "crucible").list("")}
+    assert f"results/{run_id}/result.json" in keys
+    assert "fixtures/tpch/sf0.01/_manifest.json" in keys
+    assert any(k.startswith("fixtures/tpch/sf0.01/nation/") for k in keys)
+    assert stored_result(run_id)["status"] == "completed"
+    assert s3_server.secret_key not in json.dumps(stored_result(run_id))
