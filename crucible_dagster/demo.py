@@ -15,8 +15,8 @@ from crucible_dagster.settings import PROJECT_ROOT, get_settings
 
 DEMO_PLAN = "demo_tpch.yaml"
 PASSWORD_VARIABLE = "CRUCIBLE_DEMO_PG_PASSWORD"
-# Dagster's step-by-step console log is for the UI; the demo shows its own progress.
-QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# Dagster's step-by-step console log is for the UI; the CLI shows progress and the error.
+QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 def run_demo(console: Console, *, run_plan: Callable[[Path], Result]) -> Result:

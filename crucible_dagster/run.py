@@ -65,6 +65,8 @@ GENERATORS: dict[str, tuple[Callable[[Storage, str], FixtureManifest], tuple[str
 # A CLI run has no queue in front of it, so it waits this long for a busy SUT.
 CLI_LEASE_WAIT_S = 3600.0
 LEASE_TTL_S = 60.0
+# How long a stopped load may take to cancel its queries and hand back what it measured.
+STOP_WAIT_S = 30.0
 
 logger = logging.getLogger("crucible")
 
@@ -281,25 +283,56 @@ def run_the_load(run: PlanRun, on_progress: Callable[[Progress], None] | None = 
         for listener in list(progress_listeners):
             listener(run, update)
 
-    run.measurement = run_load(
-        target,
-        queries,
-        shape,
+    detection_spec = (
         FailureDetection(
             enabled=detection.enabled,
             error_rate_threshold=detection.error_rate_threshold,
             abort_delay_s=detection.abort_delay.seconds,
         )
         if detection is not None
-        else FailureDetection(),
-        on_progress=progress,
-        stop=run.stop,
+        else FailureDetection()
     )
+    run.measurement = _load_until_done_or_stopped(
+        run, lambda: run_load(target, queries, shape, detection_spec, on_progress=progress,
+                              stop=run.stop)
+    )  # fmt: skip
     run.status = RunStatus.COLLECTING
     if run.measurement.abort_reason:
         run.say("load aborted: %s", run.measurement.abort_reason)
     else:
         run.say("load finished")
+
+
+def _load_until_done_or_stopped(run: PlanRun, load: Callable[[], Measurement]) -> Measurement:
+    """Runs the load in a thread, so that an interrupt (Ctrl-C, a cancel from Dagster) stops it
+    through the engine's stop event and keeps what was measured until then."""
+    outcome: list[Measurement] = []
+    failure: list[BaseException] = []
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            outcome.append(load())
+        except BaseException as error:
+            failure.append(error)
+        finally:
+            done.set()
+
+    # The main thread waits on an event, not on Thread.join: an interrupt raised inside join
+    # leaves Python 3.11 believing the thread has ended while it still runs.
+    threading.Thread(target=work, name=f"load-{run.run_id}", daemon=True).start()
+    try:
+        while not done.wait(0.2):
+            pass
+    except BaseException:
+        run.stop.set()
+        done.wait(STOP_WAIT_S)
+        if outcome:
+            run.measurement = outcome[0]
+        raise
+    if failure:
+        raise failure[0]
+    return outcome[0]
 
 
 def finish(run: PlanRun, error: BaseException | None = None) -> Result:

@@ -1,13 +1,17 @@
 """Whole-plan validation: the plan, then every workload it names, all problems together."""
 
+import re
 from pathlib import Path
 from typing import Protocol
+
+import yaml
 
 from crucible_dagster.errors import CrucibleError, Location, Problem, ValidationError
 from crucible_dagster.plan.loading import LoadedPlan, load_plan
 from crucible_dagster.workload import Workload, load_workload_file, workload_from_bytes
 
 WORKLOAD_SUFFIXES = (".sql", ".cql")
+WORKLOAD_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
 class WorkloadStorage(Protocol):
@@ -59,12 +63,34 @@ def validate_plan_file(path: Path, storage: WorkloadStorage | None = None) -> li
     try:
         loaded = load_plan(path)
     except ValidationError as error:
-        return error.problems
+        return error.problems + _problems_of_named_workloads(path)
     try:
         resolve_workloads(loaded, storage)
     except ValidationError as error:
         return error.problems
     return []
+
+
+def _problems_of_named_workloads(path: Path) -> list[Problem]:
+    """The workload files an invalid plan names, checked anyway so every problem shows at once."""
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        entries = document["execution"]["workload"]
+    except Exception:  # any shape the plan's own problems already describe
+        return []
+    problems: list[Problem] = []
+    for entry in entries if isinstance(entries, list) else []:
+        workload_id = entry.get("workload_id") if isinstance(entry, dict) else None
+        if not isinstance(workload_id, str) or not WORKLOAD_ID.fullmatch(workload_id):
+            continue
+        for suffix in WORKLOAD_SUFFIXES:
+            candidate = path.parent / "workloads" / (workload_id + suffix)
+            if candidate.is_file():
+                try:
+                    load_workload_file(candidate, workload_id)
+                except ValidationError as error:
+                    problems += error.problems
+    return problems
 
 
 def validate_plan_folder(

@@ -79,3 +79,19 @@ def test_results_prints_the_latest_result_as_one_json_object(
     document = json.loads(outcome.stdout)
     assert document["run_id"] == result.run_id
     assert "plan_text" not in document
+
+
+def test_validate_reports_workload_problems_even_when_the_plan_is_invalid(tmp_path: Path) -> None:
+    (tmp_path / "workloads").mkdir()
+    (tmp_path / "workloads" / "w.sql").write_text("-- @type: sql\n-- @name: a\n-- @name: a\nx\n")
+    plan = tmp_path / "both.yaml"
+    plan.write_text(
+        (PROJECT_ROOT / "plans" / "demo_tpch.yaml")
+        .read_text()
+        .replace("concurrency: 8", "concurrency: 0")
+        .replace("workload_id: tpch_postgresql", "workload_id: w")
+    )
+    outcome = runner.invoke(app, ["validate", str(plan)])
+    assert outcome.exit_code == EXIT_INVALID
+    assert "execution.concurrency" in outcome.output
+    assert f"{tmp_path / 'workloads' / 'w.sql'}:2" in outcome.output

@@ -8,7 +8,7 @@ from crucible_dagster.fixtures.manifest import (
     FixtureColumn,
     FixtureFile,
     FixtureManifest,
-    FixtureTable,
+    ManifestTable,
     data_version,
     manifest_key,
     read_manifest,
@@ -22,7 +22,7 @@ def _manifest(shas: list[str]) -> FixtureManifest:
         FixtureFile(key=f"fixtures/tpch/sf1/t/part-{i}.parquet", bytes=10, sha256=s, rows=5)
         for i, s in enumerate(shas)
     ]
-    table = FixtureTable(
+    table = ManifestTable(
         files=files,
         rows=5 * len(files),
         bytes=10 * len(files),
