@@ -66,3 +66,15 @@ class LeaseError(CrucibleError):
 
 class RunError(CrucibleError):
     """A run could not be carried out to its end."""
+
+
+def decode_utf8(data: bytes, *, source: str, what: str) -> str:
+    """The text of a file; an undecodable byte is a problem at its line and column."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        before = data[: error.start]
+        line = before.count(b"\n") + 1
+        column = error.start - (before.rfind(b"\n") + 1) + 1
+        message = f"the {what} is not valid utf-8 text (byte 0x{data[error.start]:02x})"
+        raise ValidationError([Problem(Location(source, line, column), message)]) from None

@@ -167,6 +167,10 @@ def check_run(run: PlanRun) -> None:
     if loaded.plan.execution.executor != "native":
         raise RunError(f"{loaded.source}: executor {loaded.plan.execution.executor!r} is not "
                        "available in this version of Crucible; use executor: native")  # fmt: skip
+    if loaded.plan.execution.scaling_mode != "intra_node":
+        raise RunError(f"{loaded.source}: scaling_mode {loaded.plan.execution.scaling_mode!r} "
+                       "(shards as Kubernetes pods) is not available in this version of "
+                       "Crucible; use scaling_mode: intra_node")  # fmt: skip
     for table in loaded.plan.test_environment.fixture_tables():
         generator = GENERATORS.get(table.dataset)
         if generator is not None and table.scale not in generator[1]:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from crucible_dagster.errors import Location, Problem, ValidationError
+from crucible_dagster.errors import Location, Problem, ValidationError, decode_utf8
 
 WORKLOAD_TYPES = ("sql", "cql")
 # Dialect names seen in the original plans; they all mean SQL sent verbatim to the SUT.
@@ -199,14 +199,7 @@ def _read_queries(
 
 def workload_from_bytes(data: bytes, *, source: str, workload_id: str) -> Workload:
     """Decodes utf-8 bytes (an undecodable byte is a problem with its position) and parses."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        before = data[: error.start]
-        line = before.count(b"\n") + 1
-        column = error.start - (before.rfind(b"\n") + 1) + 1
-        message = f"the workload is not valid utf-8 text (byte 0x{data[error.start]:02x})"
-        raise ValidationError([Problem(Location(source, line, column), message)]) from None
+    text = decode_utf8(data, source=source, what="workload")
     return parse_workload(text, source=source, workload_id=workload_id)
 
 

@@ -43,7 +43,7 @@ def pg_database(postgres: LocalPostgres, request: pytest.FixtureRequest) -> Iter
 
 
 @pytest.fixture
-def crucible_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def crucible_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A private CRUCIBLE_HOME (storage, lease database, Dagster instance) for one test."""
     from crucible_dagster.settings import get_settings
 

@@ -82,28 +82,23 @@ def build_plan_assets(
     def take_lease_op(context: dg.OpExecutionContext, crucible: CrucibleResource) -> None:
         tags = context.run.tags
         run_id = tags.get(RUN_ID_TAG)
-        if run_id is None:
+        # A re-execution inherits its parent's tags, but it is a run of its own.
+        if run_id is None or context.run.parent_run_id is not None:
             run_id = mint_run_id(name)
             context.instance.add_run_tags(context.run_id, {RUN_ID_TAG: run_id})
-        plan_run = _open(context, crucible, run_id, tags.get(LAUNCH_TAG, "dagster"))
-        with _step(context, plan_run):
-            check_run(plan_run)
-            take_lease(plan_run)
-
-    def _open(
-        context: dg.OpExecutionContext, crucible: CrucibleResource, run_id: str, launch: str
-    ) -> PlanRun:
         run = open_run(
             loaded,
             crucible.settings(),
             run_id=run_id,
-            launch=launch,
+            launch=tags.get(LAUNCH_TAG, "dagster"),
             dagster_run_id=context.run_id,
             log=context.log,
         )
         with _runs_lock:
             _runs[context.run_id] = run
-        return run
+        with _step(context, run):
+            check_run(run)
+            take_lease(run)
 
     @dg.op(
         name=f"{name}__load_fixtures",

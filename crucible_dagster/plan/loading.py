@@ -22,7 +22,7 @@ import pydantic
 import yaml
 from pydantic.fields import FieldInfo
 
-from crucible_dagster.errors import Location, Problem, ValidationError
+from crucible_dagster.errors import Location, Problem, ValidationError, decode_utf8
 from crucible_dagster.plan import models
 from crucible_dagster.plan.duration import Duration
 from crucible_dagster.plan.models import Plan
@@ -70,14 +70,7 @@ def load_plan(path: Path) -> LoadedPlan:
     except OSError as error:
         message = f"cannot read the plan file: {error.strerror or error}"
         raise ValidationError([Problem(Location(source), message)]) from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        before = data[: error.start]
-        line = before.count(b"\n") + 1
-        column = error.start - (before.rfind(b"\n") + 1) + 1
-        message = f"the plan is not valid utf-8 text (byte 0x{data[error.start]:02x})"
-        raise ValidationError([Problem(Location(source, line, column), message)]) from None
+    text = decode_utf8(data, source=source, what="plan")
     loaded = parse_plan(text, source=source, name=path.stem)
     return LoadedPlan(
         loaded.name,

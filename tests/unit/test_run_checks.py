@@ -1,0 +1,43 @@
+"""What a run refuses before it touches the SUT, each with the plan file and a way out."""
+
+from pathlib import Path
+
+import pytest
+
+from crucible_dagster.errors import RunError
+from crucible_dagster.plan import load_plan
+from crucible_dagster.run import check_run, open_run
+from crucible_dagster.settings import PROJECT_ROOT, get_settings
+
+DEMO = (PROJECT_ROOT / "plans" / "demo_tpch.yaml").read_text()
+
+
+def checked(tmp_path: Path, text: str) -> None:
+    folder = tmp_path / "plans"
+    (folder / "workloads").mkdir(parents=True)
+    source = PROJECT_ROOT / "plans" / "workloads" / "tpch_postgresql.sql"
+    (folder / "workloads" / "tpch_postgresql.sql").write_text(source.read_text())
+    (folder / "p.yaml").write_text(text)
+    check_run(open_run(load_plan(folder / "p.yaml"), get_settings()))
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("executor: native", "executor: k6", "use executor: native"),
+        ("scaling_mode: intra_node", "scaling_mode: inter_node", "use scaling_mode: intra_node"),
+        ("type: postgresql", "type: mariadb", "'mariadb' has no native adapter"),
+        ('scale: "0.01"', 'scale: "0.05"', "choose one of 0.01, 0.1, 1, 10"),
+    ],
+)
+def test_run_refuses_what_this_version_cannot_do(
+    crucible_home: Path, tmp_path: Path, old: str, new: str, expected: str
+) -> None:
+    assert old in DEMO
+    with pytest.raises(RunError, match=expected) as raised:
+        checked(tmp_path, DEMO.replace(old, new))
+    assert "p.yaml" in str(raised.value)
+
+
+def test_the_demo_plan_passes_the_run_checks(crucible_home: Path, tmp_path: Path) -> None:
+    checked(tmp_path, DEMO)
