@@ -158,9 +158,12 @@ def _run_plan(path: Path, *, quiet: bool = False) -> Result:
     loaded = load_plan(path)
     settings = get_settings()
     ensure_dagster_home(settings)
-    asset, job = build_plan_assets(loaded)
+    asset, check, job = build_plan_assets(loaded)
     defs = dg.Definitions(
-        assets=[tpch_fixture, asset], jobs=[job], resources={"crucible": CrucibleResource()}
+        assets=[tpch_fixture, asset],
+        asset_checks=[check],
+        jobs=[job],
+        resources={"crucible": CrucibleResource()},
     )
     run_id = run_steps.mint_run_id(loaded.name)
     planned_s = loaded.plan.execution.ramp_up.seconds + loaded.plan.execution.hold_for.seconds
@@ -246,6 +249,8 @@ def _show(result: Result, as_json: bool, *, with_plan_text: bool = False) -> Non
     console.print(f"status {result.status.value}, verdict {verdict}", highlight=False)
     if result.abort_reason:
         console.print(f"aborted: {result.abort_reason}", highlight=False)
+    for failed in result.failed_thresholds:
+        console.print(f"[red]threshold failed[/red] {failed}", highlight=False)
     if result.error:
         errors.print(f"[red]error[/red] {result.error}", highlight=False, soft_wrap=True)
 

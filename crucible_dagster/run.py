@@ -37,11 +37,13 @@ from crucible_dagster.results import (
     Result,
     RunStatus,
     SutRecord,
-    Verdict,
+    ThresholdRecord,
     WorkloadRecord,
     summarise,
     write_result,
 )
+from crucible_dagster.results.thresholds import TOTAL, AbortWatch, LiveCounts, evaluate
+from crucible_dagster.results.thresholds import verdict as judge
 from crucible_dagster.settings import Settings
 from crucible_dagster.storage import Storage, storage_from_url
 from crucible_dagster.suts import postgresql
@@ -67,6 +69,8 @@ CLI_LEASE_WAIT_S = 3600.0
 LEASE_TTL_S = 60.0
 # How long a stopped load may take to cancel its queries and hand back what it measured.
 STOP_WAIT_S = 30.0
+# failure_detection is one of the plan's thresholds, watched here, not by the engine.
+THRESHOLDS_DECIDE = FailureDetection(enabled=False)
 
 logger = logging.getLogger("crucible")
 
@@ -107,6 +111,8 @@ class PlanRun:
     lease: Lease | None = None
     heartbeat: Heartbeat | None = None
     measurement: Measurement | None = None
+    # Why a threshold with abort_on_fail (or failure_detection) stopped the load, if one did.
+    abort_reason: str | None = None
     result: Result | None = None
     result_uri: str | None = None
     stop: threading.Event = field(default_factory=threading.Event)
@@ -268,7 +274,6 @@ def run_the_load(run: PlanRun, on_progress: Callable[[Progress], None] | None = 
     asyncio.run(postgresql.preflight(target, queries))
     _check_lease(run)
 
-    detection = execution.failure_detection
     shape = LoadShape(
         concurrency=execution.concurrency,
         ramp_up_s=execution.ramp_up.seconds,
@@ -276,33 +281,31 @@ def run_the_load(run: PlanRun, on_progress: Callable[[Progress], None] | None = 
         shards=execution.shards,
         graceful_stop_s=execution.graceful_stop.seconds,
     )
+    watch = AbortWatch(execution.threshold_rules())
     run.status = RunStatus.RUNNING
     run.say("load started: %d virtual users over %d shard(s), %s ramp-up, %s hold",
             shape.concurrency, shape.shards, execution.ramp_up.text,
             execution.hold_for.text)  # fmt: skip
 
     def progress(update: Progress) -> None:
+        if watch.active and run.abort_reason is None:
+            counts = LiveCounts(count=update.completed, errors=update.errors)
+            reason = watch.check(update.elapsed_s, {TOTAL: counts})
+            if reason is not None:
+                run.abort_reason = reason
+                run.stop.set()
         if on_progress is not None:
             on_progress(update)
         for listener in list(progress_listeners):
             listener(run, update)
 
-    detection_spec = (
-        FailureDetection(
-            enabled=detection.enabled,
-            error_rate_threshold=detection.error_rate_threshold,
-            abort_delay_s=detection.abort_delay.seconds,
-        )
-        if detection is not None
-        else FailureDetection()
-    )
     run.measurement = _load_until_done_or_stopped(
-        run, lambda: run_load(target, queries, shape, detection_spec, on_progress=progress,
+        run, lambda: run_load(target, queries, shape, THRESHOLDS_DECIDE, on_progress=progress,
                               stop=run.stop)
     )  # fmt: skip
     run.status = RunStatus.COLLECTING
-    if run.measurement.abort_reason:
-        run.say("load aborted: %s", run.measurement.abort_reason)
+    if run.abort_reason:
+        run.say("load aborted: %s", run.abort_reason)
     else:
         run.say("load finished")
 
@@ -370,6 +373,8 @@ def build_result(run: PlanRun, error: BaseException | None) -> Result:
     measurement = run.measurement
     status = _final_status(run, error)
     verdict = None
+    thresholds: list[ThresholdRecord] = []
+    failed_thresholds: list[str] = []
     queries: list[QueryResult] = []
     total: QueryResult | None = None
     started_at = ended_at = None
@@ -378,9 +383,20 @@ def build_result(run: PlanRun, error: BaseException | None) -> Result:
         workload_of = {q.name: w.workload_id for w in run.workloads for q in w.queries}
         queries, total = summarise(measurement, workload_of)
         started_at, ended_at = measurement.started_at, measurement.ended_at
-        abort_reason = measurement.abort_reason
-        if status is RunStatus.COMPLETED:
-            verdict = Verdict.ABORTED if abort_reason else Verdict.PASSED
+        abort_reason = run.abort_reason or measurement.abort_reason
+        if status is RunStatus.COMPLETED and total is not None:
+            outcomes = evaluate(execution.threshold_rules(), queries, total)
+            verdict, failed_thresholds = judge(outcomes, abort_reason)
+            thresholds = [
+                ThresholdRecord(
+                    target=o.target,
+                    threshold=o.expression_text,
+                    passed=o.passed,
+                    observed=o.observed,
+                    abort_on_fail=o.abort_on_fail,
+                )
+                for o in outcomes
+            ]
     return Result(
         run_id=run.run_id,
         dagster_run_id=run.dagster_run_id,
@@ -415,6 +431,8 @@ def build_result(run: PlanRun, error: BaseException | None) -> Result:
         fixtures=run.fixtures,
         queries=queries,
         total=total,
+        thresholds=thresholds,
+        failed_thresholds=failed_thresholds,
     )
 
 
@@ -434,7 +452,8 @@ def describe_error(error: BaseException | None) -> str | None:
 
 def _final_status(run: PlanRun, error: BaseException | None) -> RunStatus:
     if error is None:
-        if run.measurement is not None and run.measurement.interrupted_by_stop:
+        stopped = run.measurement is not None and run.measurement.interrupted_by_stop
+        if stopped and run.abort_reason is None:
             return RunStatus.CANCELLED
         return RunStatus.COMPLETED
     if isinstance(error, KeyboardInterrupt) or "Interrupt" in type(error).__name__:

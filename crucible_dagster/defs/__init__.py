@@ -28,13 +28,16 @@ def load_plans(plans_dir: Path) -> list[LoadedPlan]:
 
 def build_definitions(plans_dir: Path) -> dg.Definitions:
     assets: list[dg.AssetsDefinition] = [tpch_fixture]
+    checks: list[dg.AssetChecksDefinition] = []
     jobs = []
     for loaded in load_plans(plans_dir):
-        asset, job = build_plan_assets(loaded)
+        asset, check, job = build_plan_assets(loaded)
         assets.append(asset)
+        checks.append(check)
         jobs.append(job)
     return dg.Definitions(
         assets=assets,
+        asset_checks=checks,
         jobs=jobs,
         sensors=[crucible_sweeper],
         resources={"crucible": CrucibleResource()},

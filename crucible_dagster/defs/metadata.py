@@ -17,6 +17,8 @@ def result_metadata(result: Result, result_uri: str | None) -> dict[str, dg.Meta
     }
     if result_uri:
         metadata["result"] = dg.MetadataValue.path(result_uri)
+    if result.failed_thresholds:
+        metadata["failed_thresholds"] = dg.MetadataValue.text("; ".join(result.failed_thresholds))
     if result.abort_reason:
         metadata["abort_reason"] = dg.MetadataValue.text(result.abort_reason)
     if result.error:

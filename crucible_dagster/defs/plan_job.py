@@ -73,8 +73,9 @@ def _step(context: dg.OpExecutionContext, run: PlanRun) -> Iterator[PlanRun]:
 
 def build_plan_assets(
     loaded: LoadedPlan,
-) -> tuple[dg.AssetsDefinition, UnresolvedAssetJobDefinition]:
-    """The `results/<plan>` asset, made of the run's ops, and the job named after the plan."""
+) -> tuple[dg.AssetsDefinition, dg.AssetChecksDefinition, UnresolvedAssetJobDefinition]:
+    """The `results/<plan>` asset made of the run's ops, its thresholds check, and the job
+    named after the plan."""
     name = loaded.name
     sut = plan_sut(loaded)
 
@@ -173,6 +174,26 @@ def build_plan_assets(
         load = run_load_op.alias("run_load")(after=fixtures)
         return write_results_op.alias("write_results")(after=load)
 
+    @dg.asset_check(
+        asset=results_asset.key,
+        name="thresholds",
+        description="Passes when the run met every threshold of the plan.",
+    )
+    def thresholds_check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        event = context.instance.get_latest_materialization_event(results_asset.key)
+        materialization = event.asset_materialization if event is not None else None
+        metadata = materialization.metadata if materialization is not None else {}
+        verdict = metadata.get("verdict")
+        failed = metadata.get("failed_thresholds")
+        return dg.AssetCheckResult(
+            passed=verdict is not None and verdict.value == "passed",
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={
+                "verdict": verdict.value if verdict is not None else "none",
+                "failed_thresholds": failed.value if failed is not None else "",
+            },
+        )
+
     job = dg.define_asset_job(
         name=name,
         selection=[results_asset.key],
@@ -181,7 +202,7 @@ def build_plan_assets(
         executor_def=dg.in_process_executor,
         hooks={release_on_failure},
     )
-    return results_asset, job
+    return results_asset, thresholds_check, job
 
 
 @dg.failure_hook(name="crucible_release_on_failure")

@@ -35,6 +35,13 @@ _MAX_VALUES = 100_000
 
 FieldPath = tuple[str | int, ...]
 _UNION_TAGS = models.FIXTURE_FORM_TAGS
+# The model behind each tag of a tagged union, for messages about its keys.
+_TAGGED_MEMBERS: dict[str, Any] = {
+    _UNION_TAGS["fixture_id"]: models.FixtureItem,
+    _UNION_TAGS["dataset"]: models.FixtureGroup,
+    "rule": models.ThresholdRule,
+    "text": str,
+}
 
 
 @dataclass(frozen=True)
@@ -474,11 +481,8 @@ def _walk(loc: tuple[Any, ...]) -> tuple[Any, FieldInfo | None] | None:
             current, info = get_args(current)[0], None
         elif origin is dict:
             current, info = get_args(current)[1], None
-        elif origin in (Union, types.UnionType) and part in _UNION_TAGS.values():
-            member = (
-                models.FixtureItem if part == _UNION_TAGS["fixture_id"] else models.FixtureGroup
-            )
-            current, info = member, None
+        elif origin in (Union, types.UnionType) and part in _TAGGED_MEMBERS:
+            current, info = _TAGGED_MEMBERS[part], None
         elif (
             isclass(current)
             and issubclass(current, pydantic.BaseModel)

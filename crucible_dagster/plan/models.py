@@ -12,6 +12,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -24,6 +25,12 @@ from pydantic_core import PydanticCustomError
 
 from crucible_dagster.plan.duration import Duration
 from crucible_dagster.plan.secret import Secret
+from crucible_dagster.plan.thresholds import (
+    TOTAL,
+    ThresholdSpec,
+    ThresholdSyntaxError,
+    parse_threshold,
+)
 
 SUT_TYPES = (
     "postgresql",
@@ -304,6 +311,31 @@ class FailureDetection(PlanModel):
     abort_delay: Duration = Duration("10s")
 
 
+def _threshold_syntax(text: str) -> str:
+    try:
+        parse_threshold(text)
+    except ThresholdSyntaxError as error:
+        raise PydanticCustomError("crucible", str(error)) from None
+    return text
+
+
+ThresholdText = Annotated[str, AfterValidator(_threshold_syntax)]
+
+
+class ThresholdRule(PlanModel):
+    """A threshold with k6's options: abort the load when it fails, after a delay."""
+
+    threshold: ThresholdText
+    abort_on_fail: bool = False
+    delay_abort_eval: Duration = Duration("0s")
+
+
+ThresholdEntry = Annotated[
+    Annotated[ThresholdText, Tag("text")] | Annotated[ThresholdRule, Tag("rule")],
+    Discriminator(lambda value: "text" if isinstance(value, str) else "rule"),
+]
+
+
 class Execution(PlanModel):
     executor: Literal["native", "k6"] = "native"
     scaling_mode: Literal["intra_node", "inter_node"] = "intra_node"
@@ -314,6 +346,31 @@ class Execution(PlanModel):
     failure_detection: FailureDetection | None = None
     shards: Annotated[int, Field(ge=1)] = 1
     graceful_stop: Duration = Duration("30s")
+    # k6 syntax per query name or `total`: a text (`p(95)<200`) or a rule with abort options.
+    thresholds: dict[str, list[ThresholdEntry]] = Field(default_factory=dict)
+
+    def threshold_rules(self) -> dict[str, list[ThresholdSpec]]:
+        """The thresholds as specs, with failure_detection as an aborting `rate` on `total`."""
+        rules: dict[str, list[ThresholdSpec]] = {}
+        for target, entries in self.thresholds.items():
+            for entry in entries:
+                if isinstance(entry, str):
+                    spec = ThresholdSpec(parse_threshold(entry))
+                else:
+                    spec = ThresholdSpec(
+                        parse_threshold(entry.threshold),
+                        abort_on_fail=entry.abort_on_fail,
+                        delay_abort_eval_s=entry.delay_abort_eval.seconds,
+                    )
+                rules.setdefault(target, []).append(spec)
+        detection = self.failure_detection or FailureDetection()
+        if detection.enabled:
+            # k6's `rate<x` fails at x itself, as the original's failure detection did.
+            rate = parse_threshold(f"rate<{detection.error_rate_threshold!r}")
+            spec = ThresholdSpec(rate, abort_on_fail=True,
+                                 delay_abort_eval_s=detection.abort_delay.seconds)  # fmt: skip
+            rules.setdefault(TOTAL, []).append(spec)
+        return rules
 
     @field_validator("executor", mode="before")
     @classmethod

@@ -1,5 +1,6 @@
 """Whole-plan validation: the plan, then every workload it names, all problems together."""
 
+import difflib
 import re
 from pathlib import Path
 from typing import Protocol
@@ -8,6 +9,7 @@ import yaml
 
 from crucible_dagster.errors import CrucibleError, Location, Problem, ValidationError
 from crucible_dagster.plan.loading import LoadedPlan, load_plan
+from crucible_dagster.plan.thresholds import TOTAL
 from crucible_dagster.workload import Workload, load_workload_file, workload_from_bytes
 
 WORKLOAD_SUFFIXES = (".sql", ".cql")
@@ -53,9 +55,24 @@ def resolve_workloads(loaded: LoadedPlan, storage: WorkloadStorage | None = None
                     )
                 )
             first_seen.setdefault(query.name, workload)
+    if workloads and not problems:
+        problems += _threshold_target_problems(loaded, list(first_seen))
     if problems:
         raise ValidationError(problems)
     return workloads
+
+
+def _threshold_target_problems(loaded: LoadedPlan, query_names: list[str]) -> list[Problem]:
+    problems = []
+    for target in loaded.plan.execution.thresholds:
+        if target != TOTAL and target not in query_names:
+            close = difflib.get_close_matches(target, query_names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            message = (f"thresholds name {target!r}, which is no query of the plan's workloads "
+                       f"and not 'total'{hint}")  # fmt: skip
+            here = loaded.location("execution", "thresholds", target)
+            problems.append(Problem(here, message, f"execution.thresholds.{target}"))
+    return problems
 
 
 def validate_plan_file(path: Path, storage: WorkloadStorage | None = None) -> list[Problem]:

@@ -6,6 +6,7 @@ from crucible_dagster.results.model import (
     Result,
     RunStatus,
     SutRecord,
+    ThresholdRecord,
     Verdict,
     WorkloadRecord,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "Result",
     "RunStatus",
     "SutRecord",
+    "ThresholdRecord",
     "Verdict",
     "WorkloadRecord",
     "latest_result",

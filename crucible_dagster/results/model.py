@@ -79,6 +79,16 @@ class FixtureLoadRecord(_Model):
     data_version: str
 
 
+class ThresholdRecord(_Model):
+    """How one threshold fared; `observed` is null when there was nothing to measure."""
+
+    target: str
+    threshold: str
+    passed: bool
+    observed: float | None = None
+    abort_on_fail: bool = False
+
+
 def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat().replace("+00:00", "Z")
 
@@ -108,6 +118,8 @@ class Result(_Model):
     fixtures: list[FixtureLoadRecord] = Field(default_factory=list)
     queries: list[QueryResult] = Field(default_factory=list)
     total: QueryResult | None = None
+    thresholds: list[ThresholdRecord] = Field(default_factory=list)
+    failed_thresholds: list[str] = Field(default_factory=list)
 
     @field_serializer("started_at", "ended_at")
     def _serialise_time(self, value: datetime | None) -> str | None:

@@ -31,7 +31,7 @@ SELECT n_name FROM nation WHERE n_nationkey = 7;
 
 def write_plan(
     folder: Path, name: str, *, port: int, database: str, workload: str = WORKLOAD,
-    workload_id: str = "small", hold_for: str = "2s",
+    workload_id: str = "small", hold_for: str = "2s", extra: str = "",
 ) -> Path:  # fmt: skip
     (folder / "workloads").mkdir(parents=True, exist_ok=True)
     (folder / "workloads" / f"{workload_id}.sql").write_text(workload)
@@ -61,7 +61,7 @@ execution:
   graceful_stop: 5s
   workload:
     - workload_id: {workload_id}
-""")
+{extra}""")
     return path
 
 
@@ -281,3 +281,57 @@ def test_job_with_s3_storage_keeps_fixtures_and_results_in_the_bucket(
     assert any(k.startswith("fixtures/tpch/sf0.01/nation/") for k in keys)
     assert stored_result(run_id)["status"] == "completed"
     assert s3_server.secret_key not in json.dumps(stored_result(run_id))
+
+
+def test_failed_threshold_gives_a_failed_verdict_and_check_but_a_successful_run(
+    postgres: LocalPostgres, pg_database: str, instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    thresholds = """\
+  thresholds:
+    one_nation: ["p(95)<0.001", "rate<0.5"]
+    total: ["count>0"]
+"""
+    plan = write_plan(
+        tmp_path / "plans", "strict", port=postgres.port, database=pg_database, extra=thresholds
+    )
+    success, run_id = execute(plan, instance)
+    assert success
+    result = stored_result(run_id)
+    assert result["status"] == "completed"
+    assert result["verdict"] == "failed"
+    assert len(result["failed_thresholds"]) == 1
+    assert result["failed_thresholds"][0].startswith("one_nation: p(95)<0.001 (observed ")
+    outcomes = {(t["target"], t["threshold"]): t["passed"] for t in result["thresholds"]}
+    assert outcomes[("one_nation", "rate<0.5")] is True
+    assert outcomes[("total", "count>0")] is True
+    assert outcomes[("total", "rate<0.5")] is True  # failure_detection's default
+
+    evaluation = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        [dg.AssetCheckKey(dg.AssetKey(["results", "strict"]), "thresholds")]
+    )
+    record = next(iter(evaluation.values()))
+    assert record.status.value == "FAILED"
+
+
+def test_aborting_threshold_stops_the_load_early_with_an_aborted_verdict(
+    postgres: LocalPostgres, pg_database: str, instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    failing = WORKLOAD + "-- @name: divide\nSELECT 1 / (n_nationkey - n_nationkey) FROM nation\n"
+    thresholds = """\
+  thresholds:
+    total:
+      - {threshold: "rate<0.05", abort_on_fail: true, delay_abort_eval: 1s}
+"""
+    plan = write_plan(
+        tmp_path / "plans", "fragile", port=postgres.port, database=pg_database,
+        workload=failing, hold_for="30s", extra=thresholds,
+    )  # fmt: skip
+    success, run_id = execute(plan, instance)
+    assert success
+    result = stored_result(run_id)
+    assert result["status"] == "completed"
+    assert result["verdict"] == "aborted"
+    assert "rate<0.05" in result["abort_reason"]
+    assert result["duration_s"] < 10
+    divide = next(q for q in result["queries"] if q["name"] == "divide")
+    assert divide["errors"] > 0 and divide["errors_by_kind"] == {"22": divide["errors"]}

@@ -95,3 +95,20 @@ def test_validate_reports_workload_problems_even_when_the_plan_is_invalid(tmp_pa
     assert outcome.exit_code == EXIT_INVALID
     assert "execution.concurrency" in outcome.output
     assert f"{tmp_path / 'workloads' / 'w.sql'}:2" in outcome.output
+
+
+@pytest.mark.parametrize(
+    ("status", "verdict", "code"),
+    [("completed", "passed", 0), ("completed", "failed", 99), ("completed", "aborted", 99),
+     ("failed", None, 1), ("cancelled", None, 1)],
+)  # fmt: skip
+def test_run_exits_like_k6(status: str, verdict: str | None, code: int) -> None:
+    from crucible_dagster.cli import _exit_code
+    from crucible_dagster.results import Result, SutRecord
+
+    result = Result(
+        run_id="r", plan="p", plan_source="s", plan_sha256="h", plan_text="t", status=status,
+        verdict=verdict, concurrency=1, shards=1,
+        sut=SutRecord(type="postgresql", host="h", port=1, database="d", key="k"),
+    )  # fmt: skip
+    assert _exit_code(result) == code
