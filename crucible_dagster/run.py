@@ -8,10 +8,13 @@ says what happened and releases the lease last.
 import asyncio
 import logging
 import secrets
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 from pydantic import SecretStr
 
@@ -23,6 +26,7 @@ from crucible_dagster.engine import (
     Progress,
     run_load,
 )
+from crucible_dagster.engine.model import LoadModel
 from crucible_dagster.errors import CrucibleError, RunError, SutError
 from crucible_dagster.fixtures.manifest import FixtureManifest, read_manifest
 from crucible_dagster.fixtures.postgresql import FixtureTableLoad, load_fixture_tables
@@ -31,18 +35,26 @@ from crucible_dagster.fixtures.tpch import SCALES as TPCH_SCALES
 from crucible_dagster.fixtures.tpch import generate_tpch
 from crucible_dagster.lease import Heartbeat, Lease, LeaseHolder, LeaseStore
 from crucible_dagster.plan import FixtureTable, LoadedPlan, resolve_workloads
+from crucible_dagster.plan.models import Execution
 from crucible_dagster.results import (
     FixtureLoadRecord,
     QueryResult,
     Result,
     RunStatus,
+    ShardHealthRecord,
     SutRecord,
     ThresholdRecord,
     WorkloadRecord,
     summarise,
     write_result,
 )
-from crucible_dagster.results.thresholds import TOTAL, AbortWatch, LiveCounts, evaluate
+from crucible_dagster.results.thresholds import (
+    TOTAL,
+    AbortWatch,
+    LatencySource,
+    LiveCounts,
+    evaluate,
+)
 from crucible_dagster.results.thresholds import verdict as judge
 from crucible_dagster.settings import Settings
 from crucible_dagster.storage import Storage, storage_from_url
@@ -69,6 +81,7 @@ CLI_LEASE_WAIT_S = 3600.0
 LEASE_TTL_S = 60.0
 # How long a stopped load may take to cancel its queries and hand back what it measured.
 STOP_WAIT_S = 30.0
+INTERVALS_NAME = "intervals.ndjson"
 # failure_detection is one of the plan's thresholds, watched here, not by the engine.
 THRESHOLDS_DECIDE = FailureDetection(enabled=False)
 
@@ -116,6 +129,9 @@ class PlanRun:
     result: Result | None = None
     result_uri: str | None = None
     stop: threading.Event = field(default_factory=threading.Event)
+    # Per-second buckets of the load, streamed here by the engine, then kept in storage.
+    intervals_path: Path | None = None
+    intervals_key: str | None = None
     log: logging.Logger | logging.LoggerAdapter[logging.Logger] = logger
 
     @property
@@ -258,6 +274,47 @@ def postgresql_fixture_load(run: PlanRun, tables: list[FixtureTable]) -> list[Fi
     ]
 
 
+def load_shape(execution: Execution) -> LoadShape:
+    """The plan's load as the engine's shape: closed, constant or ramping arrival rate."""
+    closed = LoadShape(
+        concurrency=execution.concurrency,
+        ramp_up_s=execution.ramp_up.seconds,
+        hold_for_s=execution.hold_for.seconds,
+        shards=execution.shards,
+        graceful_stop_s=execution.graceful_stop.seconds,
+        warm_up_s=execution.warm_up.seconds,
+    )
+    arrival = execution.arrival_rate
+    if arrival is None:
+        return closed
+    pre_allocated = arrival.pre_allocated_vus or execution.concurrency
+    hold_s = execution.hold_for.seconds
+    stages: tuple[tuple[float, float], ...]
+    if arrival.rate is not None and execution.ramp_up.seconds == 0:
+        model: LoadModel = "constant_arrival_rate"
+        stages = ()
+    elif arrival.rate is not None:
+        model = "ramping_arrival_rate"
+        stages = ((arrival.rate, execution.ramp_up.seconds), (arrival.rate, hold_s))
+    else:
+        model = "ramping_arrival_rate"
+        planned = tuple((stage.target, stage.duration.seconds) for stage in arrival.stages)
+        stages = (*planned, (planned[-1][0], hold_s))
+    return replace(
+        closed,
+        ramp_up_s=0.0,
+        hold_for_s=0.0,
+        model=model,
+        rate=arrival.rate or 0.0,
+        time_unit_s=arrival.time_unit.seconds,
+        duration_s=hold_s if model == "constant_arrival_rate" else 0.0,
+        start_rate=arrival.start_rate,
+        stages=stages,
+        pre_allocated_vus=pre_allocated,
+        max_vus=arrival.max_vus or pre_allocated,
+    )
+
+
 def engine_queries(run: PlanRun) -> list[EngineQuery]:
     return [
         EngineQuery(name=q.name, sql=q.sql, source=q.source, line=q.line)
@@ -274,18 +331,12 @@ def run_the_load(run: PlanRun, on_progress: Callable[[Progress], None] | None = 
     asyncio.run(postgresql.preflight(target, queries))
     _check_lease(run)
 
-    shape = LoadShape(
-        concurrency=execution.concurrency,
-        ramp_up_s=execution.ramp_up.seconds,
-        hold_for_s=execution.hold_for.seconds,
-        shards=execution.shards,
-        graceful_stop_s=execution.graceful_stop.seconds,
-    )
+    shape = load_shape(execution)
     watch = AbortWatch(execution.threshold_rules())
+    run.intervals_path = Path(tempfile.mkdtemp(prefix="crucible-")) / INTERVALS_NAME
     run.status = RunStatus.RUNNING
-    run.say("load started: %d virtual users over %d shard(s), %s ramp-up, %s hold",
-            shape.concurrency, shape.shards, execution.ramp_up.text,
-            execution.hold_for.text)  # fmt: skip
+    run.say("load started: %s model, %d shard(s), %.0f s planned, %.0f s warm-up",
+            shape.model, shape.shards, shape.planned_s, shape.warm_up_s)  # fmt: skip
 
     def progress(update: Progress) -> None:
         if watch.active and run.abort_reason is None:
@@ -301,7 +352,7 @@ def run_the_load(run: PlanRun, on_progress: Callable[[Progress], None] | None = 
 
     run.measurement = _load_until_done_or_stopped(
         run, lambda: run_load(target, queries, shape, THRESHOLDS_DECIDE, on_progress=progress,
-                              stop=run.stop)
+                              stop=run.stop, intervals_path=run.intervals_path)
     )  # fmt: skip
     run.status = RunStatus.COLLECTING
     if run.abort_reason:
@@ -345,6 +396,7 @@ def _load_until_done_or_stopped(run: PlanRun, load: Callable[[], Measurement]) -
 def finish(run: PlanRun, error: BaseException | None = None) -> Result:
     """Writes the result (measured, failed or cancelled), then releases the lease. Idempotent."""
     if run.result is None:
+        keep_intervals(run)
         run.result = build_result(run, error)
         try:
             run.result_uri = write_result(run.storage, run.result)
@@ -355,6 +407,21 @@ def finish(run: PlanRun, error: BaseException | None = None) -> Result:
     else:
         release(run)
     return run.result
+
+
+def keep_intervals(run: PlanRun) -> None:
+    """Moves the per-second series into storage beside the result; a failure loses only it."""
+    path = run.intervals_path
+    if path is None or not path.exists():
+        return
+    key = f"results/{run.run_id}/{INTERVALS_NAME}"
+    try:
+        run.storage.put_file(key, path)
+        run.intervals_key = key
+    except CrucibleError as error:
+        run.say("could not store the per-second series: %s", error)
+    finally:
+        shutil.rmtree(path.parent, ignore_errors=True)
 
 
 def release(run: PlanRun) -> None:
@@ -375,6 +442,8 @@ def build_result(run: PlanRun, error: BaseException | None) -> Result:
     verdict = None
     thresholds: list[ThresholdRecord] = []
     failed_thresholds: list[str] = []
+    health: list[ShardHealthRecord] = []
+    bottleneck = None
     queries: list[QueryResult] = []
     total: QueryResult | None = None
     started_at = ended_at = None
@@ -382,10 +451,20 @@ def build_result(run: PlanRun, error: BaseException | None) -> Result:
     if measurement is not None:
         workload_of = {q.name: w.workload_id for w in run.workloads for q in w.queries}
         queries, total = summarise(measurement, workload_of)
+        health = [
+            ShardHealthRecord(
+                shard=h.shard, cpu_percent=round(h.cpu_percent, 1),
+                loop_lag_mean_ms=round(h.loop_lag_mean_ms, 3),
+                loop_lag_max_ms=round(h.loop_lag_max_ms, 3),
+            )
+            for h in measurement.shard_health
+        ]  # fmt: skip
+        bottleneck = measurement.generator_bottleneck
         started_at, ended_at = measurement.started_at, measurement.ended_at
         abort_reason = run.abort_reason or measurement.abort_reason
         if status is RunStatus.COMPLETED and total is not None:
-            outcomes = evaluate(execution.threshold_rules(), queries, total)
+            timing: LatencySource = "service" if execution.arrival_rate is None else "latency"
+            outcomes = evaluate(execution.threshold_rules(), queries, total, latency=timing)
             verdict, failed_thresholds = judge(outcomes, abort_reason)
             thresholds = [
                 ThresholdRecord(
@@ -433,6 +512,11 @@ def build_result(run: PlanRun, error: BaseException | None) -> Result:
         total=total,
         thresholds=thresholds,
         failed_thresholds=failed_thresholds,
+        load_model=load_shape(execution).model,
+        warm_up_s=execution.warm_up.seconds,
+        intervals=run.intervals_key,
+        shard_health=health,
+        generator_bottleneck=bottleneck,
     )
 
 

@@ -4,7 +4,9 @@ import dagster as dg
 
 from crucible_dagster.results import QueryResult, Result
 
-_PER_QUERY = ("p50_ms", "p95_ms", "p99_ms", "max_ms", "qps", "error_rate")
+_PER_QUERY = (
+    "p50_ms", "p95_ms", "p99_ms", "max_ms", "qps", "error_rate", "latency_p95_ms", "latency_p99_ms",
+)  # fmt: skip
 
 
 def result_metadata(result: Result, result_uri: str | None) -> dict[str, dg.MetadataValue]:
@@ -19,6 +21,11 @@ def result_metadata(result: Result, result_uri: str | None) -> dict[str, dg.Meta
         metadata["result"] = dg.MetadataValue.path(result_uri)
     if result.failed_thresholds:
         metadata["failed_thresholds"] = dg.MetadataValue.text("; ".join(result.failed_thresholds))
+    metadata["generator_bottleneck"] = dg.MetadataValue.text(result.generator_bottleneck or "none")
+    for health in result.shard_health:
+        prefix = f"generator/shard{health.shard}"
+        metadata[f"{prefix}/cpu_percent"] = dg.MetadataValue.float(health.cpu_percent)
+        metadata[f"{prefix}/loop_lag_max_ms"] = dg.MetadataValue.float(health.loop_lag_max_ms)
     if result.abort_reason:
         metadata["abort_reason"] = dg.MetadataValue.text(result.abort_reason)
     if result.error:
@@ -30,6 +37,8 @@ def result_metadata(result: Result, result_uri: str | None) -> dict[str, dg.Meta
                 metadata[f"{query.name}/{field}"] = dg.MetadataValue.float(float(value))
         metadata[f"{query.name}/count"] = dg.MetadataValue.float(float(query.count))
         metadata[f"{query.name}/errors"] = dg.MetadataValue.float(float(query.errors))
+        if result.load_model != "closed":
+            metadata[f"{query.name}/dropped"] = dg.MetadataValue.float(float(query.dropped))
     if result.queries:
         metadata["queries"] = dg.MetadataValue.md(markdown_table(result.queries, result.total))
     return metadata

@@ -1,9 +1,16 @@
 """What the native engine is given (queries, load shape) and what it gives back (measurements)."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Literal
 
 from hdrh.histogram import HdrHistogram
+
+CLOSED = "closed"
+CONSTANT_ARRIVAL_RATE = "constant_arrival_rate"
+RAMPING_ARRIVAL_RATE = "ramping_arrival_rate"
+LoadModel = Literal["closed", "constant_arrival_rate", "ramping_arrival_rate"]
+MODELS: tuple[str, ...] = (CLOSED, CONSTANT_ARRIVAL_RATE, RAMPING_ARRIVAL_RATE)
 
 
 @dataclass(frozen=True)
@@ -18,22 +25,59 @@ class EngineQuery:
 
 @dataclass(frozen=True)
 class LoadShape:
-    """A closed model: virtual users ramp linearly from 0 to `concurrency`, then hold.
+    """How load is generated, with k6's meanings.
 
-    Shards split the virtual users (largest remainder), they never multiply them. After the
-    hold, in-flight queries get `graceful_stop_s` to finish before they are cancelled.
+    `model="closed"` (the default): virtual users ramp linearly from 0 to `concurrency` over
+    `ramp_up_s`, then hold for `hold_for_s`; each starts its next query when the last one ended.
+
+    `model="constant_arrival_rate"`: `rate` query starts per `time_unit_s`, for `duration_s`,
+    whatever the SUT does. `model="ramping_arrival_rate"`: the rate starts at `start_rate` and
+    moves linearly to each stage's target over the stage's duration (`stages` holds
+    `(target, duration_s)` pairs). Open models run each start on an idle virtual user (a session);
+    `pre_allocated_vus` are opened before load starts, more are opened on demand up to `max_vus`
+    (default: `pre_allocated_vus`), and a start that finds all `max_vus` busy is dropped.
+
+    Every model: the first `warm_up_s` of the schedule load the SUT but are not recorded; the
+    measured window starts after them. Shards split virtual users by largest remainder and take
+    every N-th start of one global arrival schedule, so they never multiply the load. After the
+    schedule ends, in-flight queries get `graceful_stop_s` before they are cancelled.
     """
 
-    concurrency: int
-    ramp_up_s: float
-    hold_for_s: float
+    concurrency: int = 1
+    ramp_up_s: float = 0.0
+    hold_for_s: float = 0.0
     shards: int = 1
     graceful_stop_s: float = 30.0
     seed: int | None = None
+    model: LoadModel = "closed"
+    rate: float = 0.0
+    time_unit_s: float = 1.0
+    duration_s: float = 0.0
+    start_rate: float = 0.0
+    stages: tuple[tuple[float, float], ...] = ()
+    pre_allocated_vus: int = 0
+    max_vus: int | None = None
+    warm_up_s: float = 0.0
+
+    @property
+    def is_open(self) -> bool:
+        return self.model != CLOSED
 
     @property
     def planned_s(self) -> float:
+        """Length of the schedule from load start, warm-up included, graceful stop excluded."""
+        if self.model == CONSTANT_ARRIVAL_RATE:
+            return self.duration_s
+        if self.model == RAMPING_ARRIVAL_RATE:
+            return sum(duration_s for _, duration_s in self.stages)
         return self.ramp_up_s + self.hold_for_s
+
+    @property
+    def vus_limit(self) -> int:
+        """The most sessions the shape may open: `concurrency`, or `max_vus` in open models."""
+        if not self.is_open:
+            return self.concurrency
+        return self.max_vus if self.max_vus is not None else self.pre_allocated_vus
 
 
 @dataclass(frozen=True)
@@ -47,10 +91,13 @@ class FailureDetection:
 
 @dataclass
 class QueryMeasurement:
-    """The cumulative measurement of one query over the whole run, merged across shards.
+    """The cumulative measurement of one query over the measured window, merged across shards.
 
-    `count` includes errors but not interrupted executions; `histogram` holds the service time
-    of successful executions in microseconds.
+    `count` includes errors but not interrupted or dropped executions. `histogram` holds the
+    service time (send to last row) of successful executions in microseconds. In open models
+    `latency_histogram` holds the time from the intended start to the last row (so queueing
+    and a stalled SUT show in full), `dropped` counts starts that found every virtual user busy,
+    and `late` counts starts sent more than `LATE_START_S` after they were due.
     """
 
     name: str
@@ -60,16 +107,30 @@ class QueryMeasurement:
     interrupted: int
     histogram: HdrHistogram
     first_error: str | None = None
+    latency_histogram: HdrHistogram | None = None
+    dropped: int = 0
+    late: int = 0
+
+
+@dataclass(frozen=True)
+class ShardHealth:
+    """How hard one shard process worked: its CPU use and how late its event loop woke."""
+
+    shard: int
+    cpu_percent: float
+    loop_lag_mean_ms: float
+    loop_lag_max_ms: float
 
 
 @dataclass
 class Measurement:
     """The merged measurement of one run of the native engine.
 
-    `started_at` is the instant the start barrier released the shards (load clock zero) and
-    `ended_at` the end of the hold, or the moment the run was aborted or stopped; QPS is computed
-    over that window. `start_skew_s` is the largest delay between that instant and a shard
-    actually starting.
+    `started_at` is the start of the measured window: the instant the start barrier released
+    the shards (load clock zero) plus the warm-up. `ended_at` is the end of the schedule, or the
+    moment the run was aborted or stopped; QPS is computed over that window. `start_skew_s` is
+    the largest delay between the release and a shard actually starting.
+    `generator_bottleneck` says why the generator, not the SUT, may have limited the load.
     """
 
     started_at: datetime
@@ -79,6 +140,9 @@ class Measurement:
     abort_reason: str | None = None
     interrupted_by_stop: bool = False
     start_skew_s: float = 0.0
+    shard_health: list[ShardHealth] = field(default_factory=list)
+    generator_bottleneck: str | None = None
+    intervals_lost: int = 0
 
     @property
     def duration_s(self) -> float:
@@ -87,7 +151,10 @@ class Measurement:
 
 @dataclass(frozen=True)
 class Progress:
-    """A snapshot of a running load, about once per second, summed over all shards."""
+    """A snapshot of a running load, about once per second, summed over all shards.
+
+    `completed` and `errors` include the warm-up; `active_vus` counts busy virtual users.
+    """
 
     elapsed_s: float
     planned_s: float
@@ -109,3 +176,8 @@ class ShardResult:
     histograms: list[str]  # HDR V2 base64, one per query
     first_errors: list[str | None]
     start_delay_s: float = 0.0
+    latency_histograms: list[str] | None = None
+    dropped: list[int] | None = None
+    late: list[int] | None = None
+    health: ShardHealth | None = None
+    intervals_lost: int = 0

@@ -8,9 +8,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from multiprocessing.context import SpawnProcess
+from pathlib import Path
 
 from crucible_dagster.engine import histogram
 from crucible_dagster.engine.failure_detection import abort_reason
+from crucible_dagster.engine.health import generator_bottleneck
+from crucible_dagster.engine.intervals import IntervalWriter
 from crucible_dagster.engine.model import (
     EngineQuery,
     FailureDetection,
@@ -20,7 +23,12 @@ from crucible_dagster.engine.model import (
     QueryMeasurement,
     ShardResult,
 )
-from crucible_dagster.engine.schedule import shard_seed, validate_shape, vu_start_times
+from crucible_dagster.engine.schedule import (
+    shard_seed,
+    shard_vus,
+    validate_shape,
+    vu_start_times,
+)
 from crucible_dagster.engine.shard import CONTROL_TICK_S, ShardSpec, shard_main
 from crucible_dagster.errors import RunError, SutError
 from crucible_dagster.suts.base import SutTarget
@@ -46,13 +54,15 @@ def run_load(
     *,
     on_progress: Callable[[Progress], None] | None = None,
     stop: threading.Event | None = None,
+    intervals_path: Path | None = None,
 ) -> Measurement:
-    """Runs a closed-model load against `target` and returns the merged measurement.
+    """Runs the load `shape` describes against `target` and returns the merged measurement.
 
-    Starts `shape.shards` shard processes that split the virtual users, releases them together,
-    and stops them at the end of the hold, when failure detection aborts, or when `stop` is set.
-    No shard process outlives this call. A SUT that cannot be reached raises SutError before any
-    load is sent.
+    Starts `shape.shards` shard processes that split the load, releases them together, and
+    stops them at the end of the schedule, when failure detection aborts, or when `stop` is set.
+    With `intervals_path`, one NDJSON line per second of the measured window is written there
+    while the run goes (format in `engine.intervals`). No shard process outlives this call. A
+    SUT that cannot be reached raises SutError before any load is sent.
     """
     validate_shape(shape)
     if not queries:
@@ -62,7 +72,8 @@ def run_load(
             f"{target.identity.key}: the native engine supports "
             f"{', '.join(sorted(SUPPORTED_SUT_TYPES))} only, not {target.identity.sut_type}"
         )
-    return _Run(target, tuple(queries), shape, failure_detection, on_progress, stop).execute()
+    run = _Run(target, tuple(queries), shape, failure_detection, on_progress, stop, intervals_path)
+    return run.execute()
 
 
 @dataclass
@@ -83,6 +94,7 @@ class _Run:
     failure_detection: FailureDetection | None
     on_progress: Callable[[Progress], None] | None
     stop: threading.Event | None
+    intervals_path: Path | None = None
     states: list[_ShardState] = field(default_factory=list)
     halted_at: float | None = None
     abort_reason: str | None = None
@@ -96,11 +108,15 @@ class _Run:
         self.halt = context.Event()
         self.start_at = context.Value("d", 0.0)
         self.states = [_ShardState() for _ in range(shards)]
-        starts = vu_start_times(self.shape)
+        self.intervals = (
+            IntervalWriter(self.intervals_path, [q.name for q in self.queries], shards)
+            if self.intervals_path is not None
+            else None
+        )
         self.processes: list[SpawnProcess] = [
             context.Process(
                 target=shard_main,
-                args=(self._spec(i, starts[i]), self.channel, self.go, self.halt, self.start_at),
+                args=(self._spec(i), self.channel, self.go, self.halt, self.start_at),
                 name=f"crucible-shard-{i}",
                 daemon=True,
             )
@@ -117,16 +133,30 @@ class _Run:
             return self._measurement()
         finally:
             self._shut_down()
+            if self.intervals is not None:
+                self.intervals.close()
 
-    def _spec(self, shard: int, vu_starts_s: list[float]) -> ShardSpec:
+    def _spec(self, shard: int) -> ShardSpec:
+        shape = self.shape
+        common = {
+            "shard": shard,
+            "target": self.target,
+            "queries": self.queries,
+            "hold_end_s": shape.planned_s,
+            "graceful_stop_s": shape.graceful_stop_s,
+            "seed": shard_seed(shape.seed, shard),
+            "warm_up_s": shape.warm_up_s,
+        }
+        if not shape.is_open:
+            starts = vu_start_times(shape)[shard]
+            return ShardSpec(vu_starts_s=tuple(starts), **common)  # type: ignore[arg-type]
+        pre, most = shard_vus(shape)[shard]
         return ShardSpec(
-            shard=shard,
-            target=self.target,
-            queries=self.queries,
-            vu_starts_s=tuple(vu_starts_s),
-            hold_end_s=self.shape.planned_s,
-            graceful_stop_s=self.shape.graceful_stop_s,
-            seed=shard_seed(self.shape.seed, shard),
+            vu_starts_s=(),
+            shape=shape,
+            pre_allocated_vus=pre,
+            max_vus=most,
+            **common,  # type: ignore[arg-type]
         )
 
     def _wait_until_ready(self) -> None:
@@ -185,25 +215,37 @@ class _Run:
                     raise RunError(f"shards {missing} did not report their results in time")
 
     def _receive(self) -> None:
+        """Handles every message waiting, or waits up to one control tick for the first."""
         try:
             message = self.channel.get(timeout=CONTROL_TICK_S)
+            while True:
+                self._handle(message)
+                message = self.channel.get_nowait()
         except queue.Empty:
             return
+
+    def _handle(self, message: tuple[object, ...]) -> None:
         kind = message[0]
-        if kind == "progress":
+        if kind == "interval":
+            _, shard, t, rows = message
+            if self.intervals is not None:
+                self.intervals.add(shard, t, rows)  # type: ignore[arg-type]
+        elif kind == "progress":
             _, shard, completed, errors, active = message
-            state = self.states[shard]
+            state = self.states[shard]  # type: ignore[call-overload]
             state.completed, state.errors, state.active_vus = completed, errors, active
         elif kind == "ready":
-            self.states[message[1]].ready = True
+            self.states[message[1]].ready = True  # type: ignore[call-overload]
         elif kind == "result":
-            result: ShardResult = message[1]
+            result = message[1]
+            assert isinstance(result, ShardResult)
             state = self.states[result.shard]
             state.result = result
-            state.completed, state.errors = sum(result.counts), sum(result.errors)
             state.active_vus = 0
+            if self.intervals is not None:
+                self.intervals.shard_finished(result.shard)
         elif kind == "sut_error":
-            raise SutError(message[2])
+            raise SutError(str(message[2]))
         elif kind == "failed":
             raise RunError(f"shard {message[1]} failed:\n{message[2]}")
 
@@ -232,9 +274,11 @@ class _Run:
 
     def _measurement(self) -> Measurement:
         results = [s.result for s in self.states if s.result is not None]
+        measured_from = self.started + self.shape.warm_up_s
         hold_end = self.started + self.shape.planned_s
         ended = hold_end if self.halted_at is None else min(self.halted_at, hold_end)
-        ended = max(ended, self.started)
+        ended = max(ended, measured_from)
+        health = [r.health for r in results if r.health is not None]
         queries = [
             QueryMeasurement(
                 name=query.name,
@@ -244,17 +288,31 @@ class _Run:
                 interrupted=sum(r.interrupted[q] for r in results),
                 histogram=histogram.merge(histogram.decode(r.histograms[q]) for r in results),
                 first_error=next((r.first_errors[q] for r in results if r.first_errors[q]), None),
+                latency_histogram=(
+                    histogram.merge(
+                        histogram.decode(r.latency_histograms[q])
+                        for r in results
+                        if r.latency_histograms is not None
+                    )
+                    if self.shape.is_open
+                    else None
+                ),
+                dropped=sum(r.dropped[q] for r in results if r.dropped is not None),
+                late=sum(r.late[q] for r in results if r.late is not None),
             )
             for q, query in enumerate(self.queries)
         ]
         return Measurement(
-            started_at=datetime.fromtimestamp(self.started, UTC),
+            started_at=datetime.fromtimestamp(measured_from, UTC),
             ended_at=datetime.fromtimestamp(ended, UTC),
             queries=queries,
             shards=self.shape.shards,
             abort_reason=self.abort_reason,
             interrupted_by_stop=self.stopped,
             start_skew_s=max((r.start_delay_s for r in results), default=0.0),
+            shard_health=sorted(health, key=lambda h: h.shard),
+            generator_bottleneck=generator_bottleneck(health),
+            intervals_lost=sum(r.intervals_lost for r in results),
         )
 
     def _shut_down(self) -> None:

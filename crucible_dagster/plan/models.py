@@ -330,6 +330,43 @@ class ThresholdRule(PlanModel):
     delay_abort_eval: Duration = Duration("0s")
 
 
+class ArrivalStage(PlanModel):
+    """One stage of a ramping arrival rate: reach `target` starts per time unit over `duration`."""
+
+    target: Annotated[float, Field(ge=0)]
+    duration: Duration
+
+
+class ArrivalRate(PlanModel):
+    """An open model, in k6's terms: query starts per `time_unit`, whatever the SUT does.
+
+    With `rate`, the rate ramps from `start_rate` over `ramp_up`, then holds for `hold_for`. With
+    `stages`, it follows them (`ramp_up` must be 0s), then holds the last target for `hold_for`.
+    A start that finds all `max_vus` busy is dropped and counted.
+    """
+
+    rate: Annotated[float, Field(gt=0)] | None = None
+    time_unit: Duration = Duration("1s")
+    start_rate: Annotated[float, Field(ge=0)] = 0.0
+    stages: list[ArrivalStage] = Field(default_factory=list)
+    pre_allocated_vus: PositiveInt | None = None
+    max_vus: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _rate_or_stages(self) -> "ArrivalRate":
+        problems: list[tuple[str, str]] = []
+        if (self.rate is None) == (not self.stages):
+            problems.append(("rate", "give either rate (with ramp_up and hold_for) or stages"))
+        if self.time_unit.seconds <= 0:
+            problems.append(("time_unit", "time_unit must be longer than 0s"))
+        if self.pre_allocated_vus and self.max_vus and self.max_vus < self.pre_allocated_vus:
+            problems.append(("max_vus", f"max_vus ({self.max_vus}) must be at least "
+                             f"pre_allocated_vus ({self.pre_allocated_vus})"))  # fmt: skip
+        if problems:
+            raise rules_error(problems)
+        return self
+
+
 ThresholdEntry = Annotated[
     Annotated[ThresholdText, Tag("text")] | Annotated[ThresholdRule, Tag("rule")],
     Discriminator(lambda value: "text" if isinstance(value, str) else "rule"),
@@ -348,6 +385,18 @@ class Execution(PlanModel):
     graceful_stop: Duration = Duration("30s")
     # k6 syntax per query name or `total`: a text (`p(95)<200`) or a rule with abort options.
     thresholds: dict[str, list[ThresholdEntry]] = Field(default_factory=dict)
+    # An open model instead of `concurrency` virtual users running back to back.
+    arrival_rate: ArrivalRate | None = None
+    # The first part of the load that runs but is left out of the result.
+    warm_up: Duration = Duration("0s")
+
+    @property
+    def planned_s(self) -> float:
+        """How long the load runs: ramp-up (or arrival stages) and hold."""
+        stages = self.arrival_rate.stages if self.arrival_rate is not None else []
+        return (
+            self.ramp_up.seconds + sum(s.duration.seconds for s in stages) + self.hold_for.seconds
+        )
 
     def threshold_rules(self) -> dict[str, list[ThresholdSpec]]:
         """The thresholds as specs, with failure_detection as an aborting `rate` on `total`."""
@@ -388,6 +437,12 @@ class Execution(PlanModel):
         problems: list[tuple[str, str]] = []
         if self.hold_for.seconds <= 0:
             problems.append(("hold_for", "hold_for must be longer than 0s"))
+        if self.arrival_rate is not None and self.arrival_rate.stages and self.ramp_up.seconds:
+            problems.append(("ramp_up", "ramp_up must be 0s when arrival_rate has stages: the "
+                             "stages are the ramp"))  # fmt: skip
+        if self.warm_up.seconds and self.warm_up.seconds >= self.planned_s:
+            problems.append(("warm_up", f"warm_up ({self.warm_up.text}) must be shorter than "
+                             f"the whole load ({self.planned_s:g}s)"))  # fmt: skip
         if self.shards > self.concurrency:
             problems.append(
                 ("shards", f"shards ({self.shards}) must be at most concurrency "

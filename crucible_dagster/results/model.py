@@ -54,6 +54,15 @@ class QueryResult(_Model):
     histogram: str | None = Field(
         default=None, description="HDR histogram V2, base64; microseconds, 1 µs to 1 h, 3 digits"
     )
+    # Open models only: starts that found no free virtual user, starts sent late, and latency
+    # timed from the intended start (a stalled SUT counts in full here, not in service time).
+    dropped: int = 0
+    late: int = 0
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
+    latency_p99_ms: float | None = None
+    latency_max_ms: float | None = None
+    latency_histogram: str | None = None
 
 
 class SutRecord(_Model):
@@ -77,6 +86,15 @@ class FixtureLoadRecord(_Model):
     rows: int
     seconds: float
     data_version: str
+
+
+class ShardHealthRecord(_Model):
+    """How hard one generator process worked; a busy generator distorts what it measures."""
+
+    shard: int
+    cpu_percent: float
+    loop_lag_mean_ms: float
+    loop_lag_max_ms: float
 
 
 class ThresholdRecord(_Model):
@@ -120,6 +138,13 @@ class Result(_Model):
     total: QueryResult | None = None
     thresholds: list[ThresholdRecord] = Field(default_factory=list)
     failed_thresholds: list[str] = Field(default_factory=list)
+    load_model: str = "closed"
+    warm_up_s: float = 0.0
+    intervals: str | None = Field(
+        default=None, description="storage key of the per-second series (NDJSON)"
+    )
+    shard_health: list[ShardHealthRecord] = Field(default_factory=list)
+    generator_bottleneck: str | None = None
 
     @field_serializer("started_at", "ended_at")
     def _serialise_time(self, value: datetime | None) -> str | None:

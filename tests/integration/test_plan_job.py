@@ -335,3 +335,35 @@ def test_aborting_threshold_stops_the_load_early_with_an_aborted_verdict(
     assert result["duration_s"] < 10
     divide = next(q for q in result["queries"] if q["name"] == "divide")
     assert divide["errors"] > 0 and divide["errors_by_kind"] == {"22": divide["errors"]}
+
+
+def test_open_model_plan_records_latency_from_intended_start_and_per_second_series(
+    postgres: LocalPostgres, pg_database: str, instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    extra = """\
+  warm_up: 1s
+  arrival_rate: {rate: 40, time_unit: 1s, pre_allocated_vus: 2, max_vus: 4}
+  thresholds:
+    one_nation: ["p(99)<5000"]
+"""
+    plan = write_plan(
+        tmp_path / "plans", "open", port=postgres.port, database=pg_database, hold_for="4s",
+        extra=extra,
+    )  # fmt: skip
+    success, run_id = execute(plan, instance)
+    assert success
+    result = stored_result(run_id)
+    assert result["load_model"] == "constant_arrival_rate"
+    assert result["verdict"] == "passed"
+    # 40 starts per second over the 3 s after the warm-up, split between the two queries.
+    assert sum(q["count"] + q["dropped"] for q in result["queries"]) == 120
+    for query in result["queries"]:
+        assert query["latency_p50_ms"] >= query["p50_ms"] > 0
+    assert [h["shard"] for h in result["shard_health"]] == [0]
+
+    settings = get_settings()
+    storage = storage_from_url(settings.storage_url, settings)
+    lines = storage.get_bytes(result["intervals"]).decode().splitlines()
+    seconds = [json.loads(line) for line in lines]
+    executed = sum(q["count"] for s in seconds for q in s["queries"].values())
+    assert executed == result["total"]["count"]

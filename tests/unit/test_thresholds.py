@@ -281,13 +281,9 @@ def test_check_targets_names_each_unknown_target_and_the_choices() -> None:
 
 def test_latency_source_reads_the_latency_histogram_when_a_result_has_one() -> None:
     # An open model's result carries the latency from the intended start next to service time.
-    class OpenQueryResult(QueryResult):
-        latency_histogram: str | None = None
-
     stalled = _histogram([900_000] * 10)
-    result = OpenQueryResult(
-        **_result("q01", [1000] * 10).model_dump(),
-        latency_histogram=stalled.encode().decode("ascii"),
+    result = _result("q01", [1000] * 10).model_copy(
+        update={"latency_histogram": stalled.encode().decode("ascii")}
     )
 
     service = _evaluate_one("p(95)<100", result)
