@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -45,10 +46,12 @@ def _user_errors() -> Iterator[None]:
         yield
     except ValidationError as error:
         for problem in error.problems:
-            errors.print(f"[red]error[/red] {problem}", highlight=False, soft_wrap=True)
+            errors.print(
+                f"[red]error[/red] {escape(str(problem))}", highlight=False, soft_wrap=True
+            )
         raise typer.Exit(EXIT_INVALID) from None
     except CrucibleError as error:
-        errors.print(f"[red]error[/red] {error}", highlight=False, soft_wrap=True)
+        errors.print(f"[red]error[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_FAILED) from None
 
 
@@ -62,16 +65,21 @@ def validate(
     paths: list[Path] = []
     for item in plans:
         paths.extend(sorted(item.glob("*.yaml")) if item.is_dir() else [item])
+    if not paths:
+        errors.print(escape(f"no plans (*.yaml) in {', '.join(map(str, plans))}"), highlight=False)
+        raise typer.Exit(EXIT_INVALID)
     failed = 0
     with _user_errors():
         for path in paths:
             problems = validate_plan_file(path, storage=_storage_or_none())
             for problem in problems:
-                errors.print(f"[red]error[/red] {problem}", highlight=False, soft_wrap=True)
+                errors.print(
+                    f"[red]error[/red] {escape(str(problem))}", highlight=False, soft_wrap=True
+                )
             if problems:
                 failed += 1
             else:
-                console.print(f"[green]ok[/green] {path}", highlight=False)
+                console.print(f"[green]ok[/green] {escape(str(path))}", highlight=False)
     if failed:
         errors.print(f"{failed} of {len(paths)} plan(s) have problems", highlight=False)
         raise typer.Exit(EXIT_INVALID)
@@ -108,7 +116,9 @@ def results(
         storage = storage_from_url(settings.storage_url, settings)
         result = read_result(storage, run_id) if run_id else latest_result(storage, name)
     if result is None:
-        errors.print(f"no results for plan {name!r} in {storage.describe()}", highlight=False)
+        errors.print(
+            escape(f"no results for plan {name!r} in {storage.describe()}"), highlight=False
+        )
         raise typer.Exit(EXIT_FAILED)
     _show(result, as_json, with_plan_text=False)
 
@@ -149,6 +159,7 @@ def _run_plan(path: Path, *, quiet: bool = False) -> Result:
     from crucible_dagster.defs.instance import ensure_dagster_home
     from crucible_dagster.defs.plan_job import build_plan_assets
     from crucible_dagster.defs.resources import CrucibleResource
+    from crucible_dagster.defs.sweeper import cli_process_tags
     from crucible_dagster.demo import QUIET_LOGS
     from crucible_dagster.plan import load_plan
     from crucible_dagster.results import read_result
@@ -172,7 +183,7 @@ def _run_plan(path: Path, *, quiet: bool = False) -> Result:
         job_def = defs.resolve_job_def(loaded.name)
         outcome = job_def.execute_in_process(
             instance=instance,
-            tags={run_steps.RUN_ID_TAG: run_id, run_steps.LAUNCH_TAG: "cli"},
+            tags={run_steps.RUN_ID_TAG: run_id, run_steps.LAUNCH_TAG: "cli", **cli_process_tags()},
             run_config=QUIET_LOGS,
             raise_on_error=False,
         )
@@ -194,6 +205,11 @@ def _first_failure(outcome: "dg.ExecuteInProcessResult") -> str:
 
 @contextmanager
 def _progress_bar(quiet: bool, plan: str, planned_s: float) -> Iterator[None]:
+    """A live bar while the plan runs, and lease notices above it.
+
+    Dagster points file descriptors 1 and 2 at its compute-log files while a step runs, so the bar
+    writes to a copy of the terminal's stderr taken before the run starts.
+    """
     from crucible_dagster import run as run_steps
     from crucible_dagster.engine import Progress as EngineProgress
     from crucible_dagster.run import PlanRun
@@ -201,14 +217,15 @@ def _progress_bar(quiet: bool, plan: str, planned_s: float) -> Iterator[None]:
     if quiet:
         yield
         return
+    terminal = Console(file=os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1))
     columns = [
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         TextColumn("{task.fields[status]}"),
         TimeElapsedColumn(),
     ]
-    with Progress(*columns, console=errors, transient=False) as bar:
-        task = bar.add_task(plan, total=planned_s or 1.0, status="preparing")
+    with Progress(*columns, console=terminal, disable=not terminal.is_terminal) as bar:
+        task = bar.add_task(escape(plan), total=planned_s or 1.0, status="preparing")
 
         def listener(run: PlanRun, update: EngineProgress) -> None:
             bar.update(
@@ -218,11 +235,17 @@ def _progress_bar(quiet: bool, plan: str, planned_s: float) -> Iterator[None]:
                 f"{update.qps_recent:.0f} QPS, {update.active_vus} VUs",
             )
 
+        def notice(message: str) -> None:
+            terminal.print(escape(message), highlight=False)
+
         run_steps.progress_listeners.append(listener)
+        run_steps.notice_listeners.append(notice)
         try:
             yield
         finally:
             run_steps.progress_listeners.remove(listener)
+            run_steps.notice_listeners.remove(notice)
+    terminal.file.close()
 
 
 def _show(result: Result, as_json: bool, *, with_plan_text: bool = False) -> None:
@@ -248,11 +271,11 @@ def _show(result: Result, as_json: bool, *, with_plan_text: bool = False) -> Non
     verdict = result.verdict.value if result.verdict else "none"
     console.print(f"status {result.status.value}, verdict {verdict}", highlight=False)
     if result.abort_reason:
-        console.print(f"aborted: {result.abort_reason}", highlight=False)
+        console.print(escape(f"aborted: {result.abort_reason}"), highlight=False)
     for failed in result.failed_thresholds:
-        console.print(f"[red]threshold failed[/red] {failed}", highlight=False)
+        console.print(f"[red]threshold failed[/red] {escape(failed)}", highlight=False)
     if result.error:
-        errors.print(f"[red]error[/red] {result.error}", highlight=False, soft_wrap=True)
+        errors.print(f"[red]error[/red] {escape(result.error)}", highlight=False, soft_wrap=True)
 
 
 def _ms(value: float | None) -> str:
@@ -267,7 +290,19 @@ def _exit_code(result: Result) -> int:
     return 0
 
 
+def _load_dotenv() -> None:
+    """Reads the project's `.env` as `dagster dev` does (the demo writes it); set vars win."""
+    from dotenv import dotenv_values
+
+    from crucible_dagster.settings import PROJECT_ROOT
+
+    for key, value in dotenv_values(PROJECT_ROOT / ".env").items():
+        if value is not None:
+            os.environ.setdefault(key, value)
+
+
 def main() -> None:
+    _load_dotenv()
     # Dagster's own preview and deprecation notices are not for Crucible's users.
     warnings.filterwarnings("ignore")
     logging.getLogger("dagster").setLevel(logging.WARNING)

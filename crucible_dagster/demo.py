@@ -2,14 +2,13 @@
 
 import os
 import secrets
-import socket
 from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
 
 from crucible_dagster.errors import CrucibleError
-from crucible_dagster.local_postgres import start_local_postgres
+from crucible_dagster.local_postgres import port_is_free, start_local_postgres
 from crucible_dagster.results import Result
 from crucible_dagster.settings import PROJECT_ROOT, get_settings
 
@@ -41,7 +40,7 @@ def run_demo(console: Console, *, run_plan: Callable[[Path], Result]) -> Result:
         _write_dotenv(dagster_home, password)
 
     console.print(f"starting PostgreSQL on 127.0.0.1:{info.port}", highlight=False)
-    if not _port_is_free(info.port):
+    if not port_is_free(info.port):
         raise CrucibleError(
             f"port {info.port} on 127.0.0.1 is in use; stop what listens there, or change the "
             f"port in {plan_path}"
@@ -66,17 +65,6 @@ def run_demo(console: Console, *, run_plan: Callable[[Path], Result]) -> Result:
         return run_plan(plan_path)
     finally:
         server.stop()
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket() as probe:
-        # As the server will: a socket of the last demo still in TIME_WAIT does not count.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _remembered_password(home: Path) -> str:

@@ -68,6 +68,17 @@ class LocalPostgres:
         os.kill(self.pid, signal.SIGKILL)
 
 
+def port_is_free(port: int) -> bool:
+    """Whether a server could listen on 127.0.0.1:`port` (a socket in TIME_WAIT does not count)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -84,6 +95,9 @@ def start_local_postgres(
     """
     data_dir = data_dir.resolve()
     port = port or free_port()
+    # Otherwise the readiness check could find another server on that port and call it ours.
+    if not port_is_free(port):
+        raise CrucibleError(f"port {port} on 127.0.0.1 is in use by another process")
     run_as = _server_user()
     data_dir.mkdir(parents=True, exist_ok=True)
     if run_as is not None:

@@ -35,6 +35,7 @@ from crucible_dagster.fixtures.tpch import SCALES as TPCH_SCALES
 from crucible_dagster.fixtures.tpch import generate_tpch
 from crucible_dagster.lease import Heartbeat, Lease, LeaseHolder, LeaseStore
 from crucible_dagster.plan import FixtureTable, LoadedPlan, resolve_workloads
+from crucible_dagster.plan.loading import text_without_secrets
 from crucible_dagster.plan.models import Execution
 from crucible_dagster.results import (
     FixtureLoadRecord,
@@ -88,8 +89,10 @@ THRESHOLDS_DECIDE = FailureDetection(enabled=False)
 logger = logging.getLogger("crucible")
 
 ProgressListener = Callable[["PlanRun", Progress], None]
-# Listeners in this process (the CLI's progress bar) that want the load's progress.
+# Listeners in this process (the CLI's progress bar) that want the load's progress, and the
+# notices a person waiting at a terminal should see (who holds the lease it waits for).
 progress_listeners: list[ProgressListener] = []
+notice_listeners: list[Callable[[str], None]] = []
 
 
 def mint_run_id(plan: str, now: datetime | None = None) -> str:
@@ -208,8 +211,12 @@ def take_lease(run: PlanRun) -> None:
     store = LeaseStore(run.settings.database_url)
 
     def waiting(holder: LeaseHolder) -> None:
-        run.say("waiting for the lease, held by run %s (plan %s) since %s",
-                holder.run_id, holder.plan, holder.acquired_at)  # fmt: skip
+        since = f"{holder.acquired_at:%Y-%m-%d %H:%M:%S} UTC"
+        message = (f"waiting for the lease on {run.sut}, held by run {holder.run_id} "
+                   f"(plan {holder.plan}) since {since}")  # fmt: skip
+        run.say("%s", message)
+        for listener in list(notice_listeners):
+            listener(message)
 
     run.lease = store.acquire(
         run.sut,
@@ -482,7 +489,7 @@ def build_result(run: PlanRun, error: BaseException | None) -> Result:
         plan=run.plan,
         plan_source=run.loaded.source,
         plan_sha256=run.loaded.sha256,
-        plan_text=run.loaded.text,
+        plan_text=text_without_secrets(run.loaded.text),
         sut=SutRecord(
             type=run.sut.sut_type,
             host=run.sut.host,

@@ -8,7 +8,7 @@ import dagster as dg
 from crucible_dagster.defs.fixtures import tpch_fixture
 from crucible_dagster.defs.plan_job import build_plan_assets
 from crucible_dagster.defs.resources import CrucibleResource
-from crucible_dagster.defs.sweeper import crucible_sweeper
+from crucible_dagster.defs.sweeper import crucible_orphaned_cli_runs, crucible_sweeper
 from crucible_dagster.errors import CrucibleError
 from crucible_dagster.plan import LoadedPlan, load_plan
 
@@ -39,6 +39,6 @@ def build_definitions(plans_dir: Path) -> dg.Definitions:
         assets=assets,
         asset_checks=checks,
         jobs=jobs,
-        sensors=[crucible_sweeper],
+        sensors=[crucible_sweeper, crucible_orphaned_cli_runs],
         resources={"crucible": CrucibleResource()},
     )

@@ -1,10 +1,82 @@
-"""Cleans up after runs that died without doing it themselves: their leases are freed."""
+"""Cleans up after runs that died without doing it themselves.
+
+A run that fails frees its leases at once. A `crucible run` process that was killed outright
+cannot even mark its Dagster run failed; its run would stay STARTED, and the run queue would keep
+every later run of that SUT waiting, so the orphan sensor finds such runs by their process id.
+"""
+
+import os
+import socket
+from datetime import UTC, datetime
 
 import dagster as dg
+import psutil
 
 from crucible_dagster.lease import LeaseStore
-from crucible_dagster.run import RUN_ID_TAG
+from crucible_dagster.run import LAUNCH_TAG, RUN_ID_TAG
 from crucible_dagster.settings import get_settings
+
+CLI_PID_TAG = "crucible/cli-pid"
+CLI_HOST_TAG = "crucible/cli-host"
+
+
+def cli_process_tags() -> dict[str, str]:
+    """Tags that let the orphan sensor tell whether the CLI process of a run still lives."""
+    return {CLI_PID_TAG: str(os.getpid()), CLI_HOST_TAG: socket.gethostname()}
+
+
+def _process_alive(pid: int, started_before: datetime) -> bool:
+    try:
+        process = psutil.Process(pid)
+        created = datetime.fromtimestamp(process.create_time(), UTC)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+    # A process started after the run is another one that reuses the number.
+    return created <= started_before and process.status() != psutil.STATUS_ZOMBIE
+
+
+def orphaned_cli_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
+    """STARTED runs of `crucible run` on this host whose process is gone."""
+    records = instance.get_run_records(
+        dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED], tags={LAUNCH_TAG: "cli"})
+    )
+    orphans = []
+    for record in records:
+        tags = record.dagster_run.tags
+        if tags.get(CLI_HOST_TAG) != socket.gethostname() or CLI_PID_TAG not in tags:
+            continue
+        started = record.start_time or record.create_timestamp.timestamp()
+        if not _process_alive(int(tags[CLI_PID_TAG]), datetime.fromtimestamp(started, UTC)):
+            orphans.append(record.dagster_run)
+    return orphans
+
+
+def fail_orphaned_cli_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Marks orphaned CLI runs failed and frees their leases; returns their Dagster run ids."""
+    store = LeaseStore(get_settings().database_url)
+    failed = []
+    for run in orphaned_cli_runs(instance):
+        instance.report_run_failed(
+            run, message="the `crucible run` process running it died (killed or crashed)"
+        )
+        crucible_run_id = run.tags.get(RUN_ID_TAG)
+        if crucible_run_id:
+            store.release_run(crucible_run_id)
+        failed.append(run.run_id)
+    return failed
+
+
+@dg.sensor(
+    name="crucible_orphaned_cli_runs",
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def crucible_orphaned_cli_runs(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+    """Fails runs whose `crucible run` process died, so the SUT's queue moves on."""
+    failed = fail_orphaned_cli_runs(context.instance)
+    if failed:
+        return dg.SkipReason(f"marked failed: {', '.join(failed)}")
+    return dg.SkipReason("no orphaned runs")
 
 
 @dg.run_failure_sensor(

@@ -25,10 +25,12 @@ started (closed model) or was due (open models) inside the measured window, afte
 import asyncio
 import contextlib
 import multiprocessing.queues
+import os
 import queue
 import random
 import resource
 import signal
+import threading
 import time
 import traceback
 from collections.abc import Coroutine
@@ -87,12 +89,30 @@ class ShardSpec:
         return self.shape is not None and self.shape.is_open
 
 
+# How often a shard checks that the process that started it is still alive.
+ORPHAN_CHECK_S = 0.5
+
+
+def _exit_when_orphaned() -> None:
+    """Ends this shard at once if its parent dies (say, SIGKILL): no load without a supervisor."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(ORPHAN_CHECK_S)
+            if os.getppid() != parent:
+                os._exit(70)
+
+    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
+
+
 def shard_main(
     spec: ShardSpec, channel: Channel, go: Event, halt: Event, start_at: Synchronized
 ) -> None:
     """Entry point of a shard process."""
     # Ctrl-C reaches the whole process group; the parent decides how the shards stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_when_orphaned()
     try:
         result = uvloop.run(_Shard(spec, channel, go, halt, start_at).run())
     except SutError as exc:

@@ -513,3 +513,26 @@ def _model_fields_at(loc: tuple[Any, ...]) -> list[str]:
 def _unique(problems: list[Problem]) -> list[Problem]:
     seen: set[Problem] = set()
     return [p for p in problems if not (p in seen or seen.add(p))]  # type: ignore[func-returns-value]
+
+
+_PASSWORD_PATH = ("test_environment", "component_spec", "cluster_info", "password")
+REDACTED = "'**********'"
+
+
+def text_without_secrets(text: str) -> str:
+    """The plan text with a literal password replaced, fit to be stored beside a result.
+
+    A `{env: NAME}` reference is kept: it names where the secret lives, not the secret.
+    """
+    try:
+        node: yaml.Node | None = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return text
+    for key in _PASSWORD_PATH:
+        if not isinstance(node, yaml.MappingNode):
+            return text
+        node = next((v for k, v in node.value if getattr(k, "value", None) == key), None)
+    if not isinstance(node, yaml.ScalarNode):
+        return text
+    start, end = node.start_mark.index, node.end_mark.index
+    return text[:start] + REDACTED + text[end:]

@@ -1,6 +1,6 @@
 """The result of one run, as stored in `results/<run_id>/result.json` and printed by the CLI."""
 
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
@@ -129,6 +129,7 @@ class Result(_Model):
     error: str | None = None
     started_at: datetime | None = None
     ended_at: datetime | None = None
+    recorded_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     duration_s: float | None = None
     concurrency: int
     shards: int
@@ -146,6 +147,6 @@ class Result(_Model):
     shard_health: list[ShardHealthRecord] = Field(default_factory=list)
     generator_bottleneck: str | None = None
 
-    @field_serializer("started_at", "ended_at")
+    @field_serializer("started_at", "ended_at", "recorded_at")
     def _serialise_time(self, value: datetime | None) -> str | None:
         return _iso(value)

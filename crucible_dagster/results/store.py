@@ -1,7 +1,6 @@
 """Results in object storage: `results/<run_id>/result.json`, and finding a plan's latest."""
 
 import re
-from datetime import UTC, datetime
 
 from pydantic import ValidationError as PydanticValidationError
 
@@ -42,8 +41,8 @@ def latest_result(storage: Storage, plan: str) -> Result | None:
             candidates.setdefault(match.group(2), []).append(match.group(1))
     if not candidates:
         return None
-    # Run ids carry only the minute; several runs in the same minute are told apart by time.
+    # Run ids carry only the minute; several runs in the same minute are told apart by when
+    # their results were written.
     newest_minute = max(candidates)
     results = [read_result(storage, run_id) for run_id in candidates[newest_minute]]
-    never = datetime.min.replace(tzinfo=UTC)
-    return max(results, key=lambda r: (r.ended_at or r.started_at or never, r.run_id))
+    return max(results, key=lambda r: (r.recorded_at, r.run_id))

@@ -58,9 +58,10 @@ def test_demo_runs_tpch_and_dagster_shows_job_run_and_results(tmp_path: Path) ->
     port = free_port()
     env["DAGSTER_HOME"] = str(tmp_path / "home" / "dagster")
     server = subprocess.Popen(
-        [str(BIN / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1",
-         "-p", str(port)],
-        cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [str(BIN / "dagster-webserver"), "-w", str(PROJECT_ROOT / "workspace.yaml"),
+         "-h", "127.0.0.1", "-p", str(port)],
+        # Not the project folder: a .env there (from the user's own demo) would win.
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True,
     )  # fmt: skip
     try:

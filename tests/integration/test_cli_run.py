@@ -69,3 +69,54 @@ def test_ctrl_c_cancels_the_run_keeps_what_was_measured_and_leaves_nothing_runni
     assert result["status"] == "cancelled"
     assert result["verdict"] is None
     assert sum(q["count"] for q in result["queries"]) > 0
+
+
+def test_killed_cli_run_is_failed_by_the_sensor_and_its_shards_stop(
+    postgres: LocalPostgres, pg_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dagster as dg
+
+    from crucible_dagster.defs.sweeper import crucible_orphaned_cli_runs
+    from crucible_dagster.lease import LeaseStore
+    from crucible_dagster.plan import load_plan
+    from crucible_dagster.run import plan_sut
+    from crucible_dagster.settings import get_settings
+
+    plan = write_plan(
+        tmp_path / "plans", "killed", port=postgres.port, database=pg_database,
+        workload=SLOW_WORKLOAD, hold_for="60s",
+    )  # fmt: skip
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CRUCIBLE_", "DAGSTER_"))}
+    env |= {"CRUCIBLE_HOME": str(home), "CRUCIBLE_TEST_PG_PASSWORD": PG_PASSWORD}
+    cli = subprocess.Popen(
+        [str(BIN / "crucible"), "run", str(plan)], env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    parent = psutil.Process(cli.pid)
+    deadline = time.monotonic() + 60
+    shards: list[psutil.Process] = []
+    while not shards:
+        assert time.monotonic() < deadline, "no shard process started"
+        shards = [
+            p for p in parent.children(recursive=True) if "spawn_main" in " ".join(p.cmdline())
+        ]
+        time.sleep(0.2)
+    time.sleep(2)
+    cli.kill()
+    cli.wait(timeout=10)
+    psutil.wait_procs(shards, timeout=10)
+    assert not any(s.is_running() and s.status() != psutil.STATUS_ZOMBIE for s in shards)
+
+    monkeypatch.setenv("CRUCIBLE_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
+    get_settings.cache_clear()
+    sut = plan_sut(load_plan(plan))
+    assert LeaseStore(get_settings().database_url).holder(sut) is not None
+    with dg.DagsterInstance.get() as instance:
+        [run] = instance.get_runs()
+        assert run.status == dg.DagsterRunStatus.STARTED
+        crucible_orphaned_cli_runs(dg.build_sensor_context(instance=instance))
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE  # type: ignore[union-attr]
+    assert LeaseStore(get_settings().database_url).holder(sut) is None
+    get_settings.cache_clear()

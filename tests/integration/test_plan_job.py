@@ -181,6 +181,15 @@ def test_password_appears_in_no_event_result_or_metadata(
     assert success
     bad = write_plan(tmp_path / "other", "secret_bad", port=1, database=pg_database)
     assert not execute(bad, instance)[0]
+    literal = write_plan(tmp_path / "third", "secret_literal", port=postgres.port,
+                         database=pg_database)  # fmt: skip
+    literal.write_text(
+        literal.read_text().replace("{env: CRUCIBLE_TEST_PG_PASSWORD}", f'"{PG_PASSWORD}"')
+    )
+    success_literal, literal_run = execute(literal, instance)
+    assert success_literal
+    assert PG_PASSWORD not in json.dumps(stored_result(literal_run))
+    assert "password: '**********'" in stored_result(literal_run)["plan_text"]
 
     for run in instance.get_runs():
         records = instance.all_logs(run.run_id)
