@@ -49,6 +49,7 @@ from crucible_dagster.results import (
     summarise,
     write_result,
 )
+from crucible_dagster.results.prometheus import PrometheusPusher
 from crucible_dagster.results.thresholds import (
     TOTAL,
     AbortWatch,
@@ -405,6 +406,7 @@ def finish(run: PlanRun, error: BaseException | None = None) -> Result:
     if run.result is None:
         keep_intervals(run)
         run.result = build_result(run, error)
+        push_summary(run, run.result)
         try:
             run.result_uri = write_result(run.storage, run.result)
             run.say("result written to %s (status %s, verdict %s)", run.result_uri,
@@ -414,6 +416,17 @@ def finish(run: PlanRun, error: BaseException | None = None) -> Result:
     else:
         release(run)
     return run.result
+
+
+def push_summary(run: PlanRun, result: Result) -> None:
+    """Pushes the summary to the Pushgateway when one is configured; a failure is recorded."""
+    url = run.settings.pushgateway_url
+    if not url or result.total is None:
+        return
+    pusher = PrometheusPusher(url, run_id=run.run_id, plan=run.plan, sut=run.sut.key)
+    if not pusher.push_summary(result):
+        result.delivery_errors.extend(pusher.failures)
+        run.say("could not push the summary to Prometheus: %s", "; ".join(pusher.failures))
 
 
 def keep_intervals(run: PlanRun) -> None:

@@ -18,6 +18,8 @@ class Settings(BaseSettings):
     storage_url: str = ""
     s3_endpoint_url: str | None = None
     plans_dir: Path = Field(default=PROJECT_ROOT / "plans")
+    # Where each run's summary metrics are pushed; none: no Prometheus output.
+    pushgateway_url: str | None = None
 
     aws_access_key_id: str | None = Field(default=None, validation_alias="AWS_ACCESS_KEY_ID")
     aws_secret_access_key: SecretStr | None = Field(

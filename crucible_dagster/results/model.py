@@ -146,6 +146,8 @@ class Result(_Model):
     )
     shard_health: list[ShardHealthRecord] = Field(default_factory=list)
     generator_bottleneck: str | None = None
+    # What went wrong delivering the result elsewhere (Prometheus); the result itself is kept.
+    delivery_errors: list[str] = Field(default_factory=list)
 
     @field_serializer("started_at", "ended_at", "recorded_at")
     def _serialise_time(self, value: datetime | None) -> str | None:

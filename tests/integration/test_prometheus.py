@@ -3,12 +3,14 @@
 import secrets
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hdrh.histogram import HdrHistogram
 
 from crucible_dagster.engine.histogram import new_histogram
+from crucible_dagster.local_postgres import LocalPostgres
 from crucible_dagster.results import QueryResult, Result, RunStatus, SutRecord, Verdict
 from crucible_dagster.results.prometheus import IntervalStats, PrometheusPusher
 from tests.servers_prometheus import (
@@ -216,3 +218,59 @@ def test_dead_gateway_records_failure_without_raising_or_leaking_credentials() -
     assert "summary" in pusher.failures[1]
     assert all("refused" in failure.lower() for failure in pusher.failures)
     assert not any("s3cret" in failure for failure in [*pusher.failures, repr(pusher)])
+
+
+def test_a_plan_run_pushes_its_summary_when_a_pushgateway_is_configured(
+    prometheus_servers: PrometheusServers,
+    postgres: LocalPostgres,
+    pg_database: str,
+    crucible_home: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import dagster as dg
+
+    from crucible_dagster.settings import get_settings
+    from tests.conftest import PG_PASSWORD
+    from tests.integration.test_plan_job import execute, stored_result, write_plan
+
+    monkeypatch.setenv("CRUCIBLE_PUSHGATEWAY_URL", prometheus_servers.pushgateway_url)
+    monkeypatch.setenv("CRUCIBLE_TEST_PG_PASSWORD", PG_PASSWORD)
+    get_settings.cache_clear()
+    plan = write_plan(tmp_path / "plans", "pushed", port=postgres.port, database=pg_database)
+    with dg.instance_for_test() as instance:
+        success, run_id = execute(plan, instance)
+    assert success
+    result = stored_result(run_id)
+    assert result["delivery_errors"] == []
+
+    samples = prometheus_servers.wait_for(f'crucible_result_p95_ms{{run_id="{run_id}"}}')
+    by_query = {s["metric"]["query"]: float(s["value"][1]) for s in samples}
+    assert set(by_query) == {"nations_per_region", "one_nation", "total"}
+    assert by_query["one_nation"] == pytest.approx(result["queries"][1]["p95_ms"])
+    assert all(PG_PASSWORD not in str(s["metric"]) for s in samples)
+
+
+def test_a_dead_pushgateway_is_recorded_in_the_result_and_the_run_still_succeeds(
+    postgres: LocalPostgres,
+    pg_database: str,
+    crucible_home: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import dagster as dg
+
+    from crucible_dagster.settings import get_settings
+    from tests.conftest import PG_PASSWORD
+    from tests.integration.test_plan_job import execute, stored_result, write_plan
+
+    monkeypatch.setenv("CRUCIBLE_PUSHGATEWAY_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("CRUCIBLE_TEST_PG_PASSWORD", PG_PASSWORD)
+    get_settings.cache_clear()
+    plan = write_plan(tmp_path / "plans", "unpushed", port=postgres.port, database=pg_database)
+    with dg.instance_for_test() as instance:
+        success, run_id = execute(plan, instance)
+    assert success
+    result = stored_result(run_id)
+    assert result["status"] == "completed"
+    assert result["delivery_errors"] and "summary" in result["delivery_errors"][0]
