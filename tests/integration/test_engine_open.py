@@ -15,9 +15,10 @@ from pydantic import SecretStr
 
 from crucible_dagster.engine import EngineQuery, LoadShape, Progress, run_load
 from crucible_dagster.engine import histogram as hdr
-from crucible_dagster.local_postgres import LocalPostgres, free_port, start_local_postgres
+from crucible_dagster.local_postgres import LocalPostgres, start_local_postgres
 from crucible_dagster.suts.base import SutTarget, sut_identity
 from tests.conftest import PG_PASSWORD
+from tests.proxies import LoopbackProxy
 
 pytestmark = pytest.mark.integration
 
@@ -138,53 +139,22 @@ def _pause_targets_if_any(pid: int) -> list[psutil.Process]:
 _COARSE_SLEEP_S = 0.002
 
 
-class _DelayProxy:
-    """A loopback TCP proxy that delivers every server-to-client chunk `delay_s` after it came."""
+class _DelayProxy(LoopbackProxy):
+    """Delivers every server-to-client chunk `delay_s` after it came."""
 
     def __init__(self, upstream_port: int, delay_s: float) -> None:
-        self.upstream_port = upstream_port
-        self.delay_s = delay_s
-        self.port = free_port()
-        self._ready = threading.Event()
         # uvloop relays bytes with less overhead of its own than asyncio's selector loop.
-        self._loop = uvloop.new_event_loop()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
+        super().__init__(upstream_port, uvloop.new_event_loop)
+        self.delay_s = delay_s
 
-    def __enter__(self) -> "_DelayProxy":
-        self._thread.start()
-        self._ready.wait(5)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(5)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-
-    def _serve(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._server = self._loop.run_until_complete(
-            asyncio.start_server(self._relay, "127.0.0.1", self.port)
-        )
-        self._ready.set()
-        self._loop.run_forever()
-        self._loop.close()
-
-    async def _close(self) -> None:
-        self._server.close()
-        relays = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in relays:
-            task.cancel()
-        await asyncio.gather(*relays, return_exceptions=True)
-
-    async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        server_r, server_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        try:
-            await asyncio.gather(
-                self._forward(client_r, server_w), self._delayed(server_r, client_w)
-            )
-        finally:
-            client_w.close()
-            server_w.close()
+    async def relay(
+        self,
+        client_r: asyncio.StreamReader,
+        client_w: asyncio.StreamWriter,
+        server_r: asyncio.StreamReader,
+        server_w: asyncio.StreamWriter,
+    ) -> None:
+        await asyncio.gather(self._forward(client_r, server_w), self._delayed(server_r, client_w))
 
     @staticmethod
     async def _forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

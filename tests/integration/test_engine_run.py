@@ -20,6 +20,7 @@ from crucible_dagster.errors import RunError, SutError
 from crucible_dagster.local_postgres import LocalPostgres, free_port
 from crucible_dagster.suts.base import SutTarget, sut_identity
 from tests.conftest import PG_PASSWORD
+from tests.proxies import LoopbackProxy
 
 pytestmark = pytest.mark.integration
 
@@ -246,50 +247,21 @@ def test_closed_port_fails_before_any_load() -> None:
     )
 
 
-class _BlackHoleProxy:
-    """A loopback TCP proxy to the SUT that, once `swallow` is set, drops the SUT's replies."""
+class _BlackHoleProxy(LoopbackProxy):
+    """Once `swallow` is set, drops the SUT's replies."""
 
     def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
+        super().__init__(upstream_port)
         self.swallow = threading.Event()
-        self.port = free_port()
-        self._ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
 
-    def __enter__(self) -> "_BlackHoleProxy":
-        self._thread.start()
-        self._ready.wait(5)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(5)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-
-    def _serve(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._server = self._loop.run_until_complete(
-            asyncio.start_server(self._relay, "127.0.0.1", self.port)
-        )
-        self._ready.set()
-        self._loop.run_forever()
-        self._loop.close()
-
-    async def _close(self) -> None:
-        self._server.close()
-        relays = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in relays:
-            task.cancel()
-        await asyncio.gather(*relays, return_exceptions=True)
-
-    async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        server_r, server_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        try:
-            await self._pump(client_r, client_w, server_r, server_w)
-        finally:
-            client_w.close()
-            server_w.close()
+    async def relay(
+        self,
+        client_r: asyncio.StreamReader,
+        client_w: asyncio.StreamWriter,
+        server_r: asyncio.StreamReader,
+        server_w: asyncio.StreamWriter,
+    ) -> None:
+        await self._pump(client_r, client_w, server_r, server_w)
 
     async def _pump(
         self,
