@@ -72,6 +72,17 @@ class PlanModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, hide_input_in_errors=True)
 
 
+def repeats(indexed: list[tuple[int, str]]) -> list[tuple[int, str, int]]:
+    """Each value seen before, as (its index, the value, the index where it first appeared)."""
+    first: dict[str, int] = {}
+    found = []
+    for index, value in indexed:
+        if value in first:
+            found.append((index, value, first[value]))
+        first.setdefault(value, index)
+    return found
+
+
 def rules_error(problems: list[tuple[str, str]]) -> PydanticCustomError:
     """One error carrying several cross-field problems, each with the field it belongs to.
 
@@ -285,15 +296,11 @@ class TestEnvironment(PlanModel):
             problems.append(
                 ("component_spec", "cluster_info is required for a long-lived environment")
             )
-        seen: dict[str, int] = {}
-        for index, item in enumerate(self.fixtures):
-            for table in item.fixture_tables():
-                if table.target_table in seen:
-                    problems.append(
-                        (f"fixtures.{index}", f"table {table.target_table!r} is loaded twice "
-                         f"(also by fixtures[{seen[table.target_table]}])")
-                    )  # fmt: skip
-                seen.setdefault(table.target_table, index)
+        tables = [(i, t.target_table) for i, item in enumerate(self.fixtures)
+                  for t in item.fixture_tables()]  # fmt: skip
+        for index, table, first in repeats(tables):
+            problems.append((f"fixtures.{index}", f"table {table!r} is loaded twice "
+                             f"(also by fixtures[{first}])"))  # fmt: skip
         if problems:
             raise rules_error(problems)
         return self
@@ -448,14 +455,11 @@ class Execution(PlanModel):
                 ("shards", f"shards ({self.shards}) must be at most concurrency "
                  f"({self.concurrency}): each shard needs at least one virtual user")
             )  # fmt: skip
-        seen: dict[str, int] = {}
-        for index, ref in enumerate(self.workload):
-            if ref.workload_id in seen:
-                problems.append(
-                    (f"workload.{index}.workload_id", f"workload {ref.workload_id!r} is listed "
-                     f"twice (also workload[{seen[ref.workload_id]}])")
-                )  # fmt: skip
-            seen.setdefault(ref.workload_id, index)
+        for index, workload_id, first in repeats(
+            list(enumerate(r.workload_id for r in self.workload))
+        ):
+            problems.append((f"workload.{index}.workload_id", f"workload {workload_id!r} is "
+                             f"listed twice (also workload[{first}])"))  # fmt: skip
         if problems:
             raise rules_error(problems)
         return self
@@ -518,15 +522,12 @@ class ChaosSpec(PlanModel):
 
     @model_validator(mode="after")
     def _unique_names(self) -> "ChaosSpec":
-        seen: dict[str, int] = {}
-        problems: list[tuple[str, str]] = []
-        for index, experiment in enumerate(self.experiments):
-            if experiment.name in seen:
-                problems.append(
-                    (f"experiments.{index}.name", f"experiment name {experiment.name!r} is used "
-                     f"twice (also experiments[{seen[experiment.name]}])")
-                )  # fmt: skip
-            seen.setdefault(experiment.name, index)
+        names = list(enumerate(experiment.name for experiment in self.experiments))
+        problems = [
+            (f"experiments.{index}.name", f"experiment name {name!r} is used twice "
+             f"(also experiments[{first}])")
+            for index, name, first in repeats(names)
+        ]  # fmt: skip
         if problems:
             raise rules_error(problems)
         return self

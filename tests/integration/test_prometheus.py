@@ -13,6 +13,7 @@ from crucible_dagster.engine.histogram import new_histogram
 from crucible_dagster.local_postgres import LocalPostgres
 from crucible_dagster.results import QueryResult, Result, RunStatus, SutRecord, Verdict
 from crucible_dagster.results.prometheus import IntervalStats, PrometheusPusher
+from tests.conftest import PG_PASSWORD
 from tests.servers_prometheus import (
     PrometheusServers,
     free_port,
@@ -220,6 +221,26 @@ def test_dead_gateway_records_failure_without_raising_or_leaking_credentials() -
     assert not any("s3cret" in failure for failure in [*pusher.failures, repr(pusher)])
 
 
+def _run_plan_job(
+    name: str, gateway_url: str, postgres: LocalPostgres, database: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> dict[str, Any]:  # fmt: skip
+    """Runs a small plan's Dagster job with the Pushgateway setting; returns its stored result."""
+    import dagster as dg
+
+    from crucible_dagster.settings import get_settings
+    from tests.integration.test_plan_job import execute, stored_result, write_plan
+
+    monkeypatch.setenv("CRUCIBLE_PUSHGATEWAY_URL", gateway_url)
+    monkeypatch.setenv("CRUCIBLE_TEST_PG_PASSWORD", PG_PASSWORD)
+    get_settings.cache_clear()
+    plan = write_plan(tmp_path / "plans", name, port=postgres.port, database=database)
+    with dg.instance_for_test() as instance:
+        success, run_id = execute(plan, instance)
+    assert success
+    return stored_result(run_id)
+
+
 def test_a_plan_run_pushes_its_summary_when_a_pushgateway_is_configured(
     prometheus_servers: PrometheusServers,
     postgres: LocalPostgres,
@@ -228,23 +249,12 @@ def test_a_plan_run_pushes_its_summary_when_a_pushgateway_is_configured(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import dagster as dg
-
-    from crucible_dagster.settings import get_settings
-    from tests.conftest import PG_PASSWORD
-    from tests.integration.test_plan_job import execute, stored_result, write_plan
-
-    monkeypatch.setenv("CRUCIBLE_PUSHGATEWAY_URL", prometheus_servers.pushgateway_url)
-    monkeypatch.setenv("CRUCIBLE_TEST_PG_PASSWORD", PG_PASSWORD)
-    get_settings.cache_clear()
-    plan = write_plan(tmp_path / "plans", "pushed", port=postgres.port, database=pg_database)
-    with dg.instance_for_test() as instance:
-        success, run_id = execute(plan, instance)
-    assert success
-    result = stored_result(run_id)
+    result = _run_plan_job(
+        "pushed", prometheus_servers.pushgateway_url, postgres, pg_database, tmp_path, monkeypatch
+    )
     assert result["delivery_errors"] == []
 
-    samples = prometheus_servers.wait_for(f'crucible_result_p95_ms{{run_id="{run_id}"}}')
+    samples = prometheus_servers.wait_for(f'crucible_result_p95_ms{{run_id="{result["run_id"]}"}}')
     by_query = {s["metric"]["query"]: float(s["value"][1]) for s in samples}
     assert set(by_query) == {"nations_per_region", "one_nation", "total"}
     assert by_query["one_nation"] == pytest.approx(result["queries"][1]["p95_ms"])
@@ -258,19 +268,7 @@ def test_a_dead_pushgateway_is_recorded_in_the_result_and_the_run_still_succeeds
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import dagster as dg
-
-    from crucible_dagster.settings import get_settings
-    from tests.conftest import PG_PASSWORD
-    from tests.integration.test_plan_job import execute, stored_result, write_plan
-
-    monkeypatch.setenv("CRUCIBLE_PUSHGATEWAY_URL", f"http://127.0.0.1:{free_port()}")
-    monkeypatch.setenv("CRUCIBLE_TEST_PG_PASSWORD", PG_PASSWORD)
-    get_settings.cache_clear()
-    plan = write_plan(tmp_path / "plans", "unpushed", port=postgres.port, database=pg_database)
-    with dg.instance_for_test() as instance:
-        success, run_id = execute(plan, instance)
-    assert success
-    result = stored_result(run_id)
+    dead = f"http://127.0.0.1:{free_port()}"
+    result = _run_plan_job("unpushed", dead, postgres, pg_database, tmp_path, monkeypatch)
     assert result["status"] == "completed"
     assert result["delivery_errors"] and "summary" in result["delivery_errors"][0]
