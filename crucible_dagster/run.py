@@ -20,13 +20,12 @@ from pydantic import SecretStr
 
 from crucible_dagster.engine import (
     EngineQuery,
-    FailureDetection,
     LoadShape,
     Measurement,
     Progress,
     run_load,
 )
-from crucible_dagster.engine.model import LoadModel
+from crucible_dagster.engine.model import EngineParam, LoadModel
 from crucible_dagster.errors import CrucibleError, RunError, SutError
 from crucible_dagster.fixtures.manifest import FixtureManifest, read_manifest
 from crucible_dagster.fixtures.postgresql import FixtureTableLoad, load_fixture_tables
@@ -34,6 +33,7 @@ from crucible_dagster.fixtures.refs import FixtureRef
 from crucible_dagster.fixtures.tpch import SCALES as TPCH_SCALES
 from crucible_dagster.fixtures.tpch import generate_tpch
 from crucible_dagster.lease import Heartbeat, Lease, LeaseHolder, LeaseStore
+from crucible_dagster.params import ColumnParam, sample_column
 from crucible_dagster.plan import FixtureTable, LoadedPlan, resolve_workloads
 from crucible_dagster.plan.loading import text_without_secrets
 from crucible_dagster.plan.models import Execution
@@ -49,7 +49,7 @@ from crucible_dagster.results import (
     summarise,
     write_result,
 )
-from crucible_dagster.results.prometheus import PrometheusPusher
+from crucible_dagster.results.prometheus import LivePush, PrometheusPusher
 from crucible_dagster.results.thresholds import (
     TOTAL,
     AbortWatch,
@@ -62,7 +62,7 @@ from crucible_dagster.settings import Settings
 from crucible_dagster.storage import Storage, storage_from_url
 from crucible_dagster.suts import postgresql
 from crucible_dagster.suts.base import SutIdentity, SutTarget, sut_identity
-from crucible_dagster.workload import Workload
+from crucible_dagster.workload import QueryParam, Workload
 
 RUN_ID_TAG = "crucible/run-id"
 PLAN_TAG = "crucible/plan"
@@ -84,8 +84,6 @@ LEASE_TTL_S = 60.0
 # How long a stopped load may take to cancel its queries and hand back what it measured.
 STOP_WAIT_S = 30.0
 INTERVALS_NAME = "intervals.ndjson"
-# failure_detection is one of the plan's thresholds, watched here, not by the engine.
-THRESHOLDS_DECIDE = FailureDetection(enabled=False)
 
 logger = logging.getLogger("crucible")
 
@@ -137,6 +135,15 @@ class PlanRun:
     intervals_path: Path | None = None
     intervals_key: str | None = None
     log: logging.Logger | logging.LoggerAdapter[logging.Logger] = logger
+    # Failures of the live metrics pushed during the load, kept for the result.
+    live_metrics_errors: list[str] = field(default_factory=list)
+    # The seed of query choice and parameters when the plan gives none, so a run can be repeated.
+    drawn_seed: int = field(default_factory=lambda: secrets.randbelow(2**31))
+
+    @property
+    def seed(self) -> int:
+        configured = self.loaded.plan.execution.seed
+        return self.drawn_seed if configured is None else configured
 
     @property
     def plan(self) -> str:
@@ -282,9 +289,11 @@ def postgresql_fixture_load(run: PlanRun, tables: list[FixtureTable]) -> list[Fi
     ]
 
 
-def load_shape(execution: Execution) -> LoadShape:
+def load_shape(execution: Execution, seed: int | None = None) -> LoadShape:
     """The plan's load as the engine's shape: closed, constant or ramping arrival rate."""
     closed = LoadShape(
+        seed=seed,
+        query_choice=execution.query_choice,
         concurrency=execution.concurrency,
         ramp_up_s=execution.ramp_up.seconds,
         hold_for_s=execution.hold_for.seconds,
@@ -324,22 +333,51 @@ def load_shape(execution: Execution) -> LoadShape:
 
 
 def engine_queries(run: PlanRun) -> list[EngineQuery]:
-    return [
-        EngineQuery(name=q.name, sql=q.sql, source=q.source, line=q.line)
-        for w in run.workloads
-        for q in w.queries
-    ]
+    """The workloads' queries as the engine runs them: SQL in the driver's placeholder syntax,
+    the plan's weights over the workload's, and a seeded sample for each column parameter."""
+    weights = run.loaded.plan.execution.query_weights
+    queries = []
+    for workload in run.workloads:
+        for query in workload.queries:
+            sql, order = postgresql.render(query)
+            declared = {p.name: p for p in query.params}
+            params = tuple(
+                EngineParam(name, declared[name].spec, _column_sample(run, declared[name]))
+                for name in order
+            )
+            weight = weights.get(query.name, query.weight)
+            queries.append(
+                EngineQuery(
+                    name=query.name,
+                    sql=sql,
+                    source=query.source,
+                    line=query.line,
+                    weight=1.0 if weight is None else weight,
+                    params=params,
+                )
+            )
+    return queries
+
+
+def _column_sample(run: PlanRun, param: QueryParam) -> tuple[object, ...] | None:
+    if not isinstance(param.spec, ColumnParam):
+        return None
+    return tuple(sample_column(run.storage, param.spec, seed=run.seed))
 
 
 def run_the_load(run: PlanRun, on_progress: Callable[[Progress], None] | None = None) -> None:
-    """Preflights every query on the SUT, then drives the load and keeps the measurement."""
+    """Preflights every query on the SUT, then drives the load and keeps the measurement.
+
+    With a Pushgateway configured, each shard's per-second counters and histograms are pushed
+    while the load goes; failed pushes end up in the result's delivery errors.
+    """
     execution = run.loaded.plan.execution
     target = run.target()
     queries = engine_queries(run)
     asyncio.run(postgresql.preflight(target, queries))
     _check_lease(run)
 
-    shape = load_shape(execution)
+    shape = load_shape(execution, seed=run.seed)
     watch = AbortWatch(execution.threshold_rules())
     run.intervals_path = Path(tempfile.mkdtemp(prefix="crucible-")) / INTERVALS_NAME
     run.status = RunStatus.RUNNING
@@ -358,10 +396,25 @@ def run_the_load(run: PlanRun, on_progress: Callable[[Progress], None] | None = 
         for listener in list(progress_listeners):
             listener(run, update)
 
-    run.measurement = _load_until_done_or_stopped(
-        run, lambda: run_load(target, queries, shape, THRESHOLDS_DECIDE, on_progress=progress,
-                              stop=run.stop, intervals_path=run.intervals_path)
+    url = run.settings.pushgateway_url
+    live = (
+        LivePush(url, run_id=run.run_id, plan=run.plan, sut=run.sut.key,
+                 queries=[q.name for q in queries], shards=shape.shards, latency=shape.is_open)
+        if url
+        else None
     )  # fmt: skip
+    try:
+        run.measurement = _load_until_done_or_stopped(
+            run, lambda: run_load(target, queries, shape, on_progress=progress,
+                                  stop=run.stop, intervals_path=run.intervals_path,
+                                  on_interval=live.add if live is not None else None)
+        )  # fmt: skip
+    finally:
+        if live is not None:
+            failures = live.close()
+            if failures:
+                run.live_metrics_errors = failures
+                run.say("could not push live metrics to Prometheus: %s", "; ".join(failures))
     run.status = RunStatus.COLLECTING
     if run.abort_reason:
         run.say("load aborted: %s", run.abort_reason)
@@ -419,7 +472,9 @@ def finish(run: PlanRun, error: BaseException | None = None) -> Result:
 
 
 def push_summary(run: PlanRun, result: Result) -> None:
-    """Pushes the summary to the Pushgateway when one is configured; a failure is recorded."""
+    """Pushes the summary to the Pushgateway when one is configured; a failure is recorded, as
+    are the failures of the live metrics pushed during the load."""
+    result.delivery_errors.extend(run.live_metrics_errors)
     url = run.settings.pushgateway_url
     if not url or result.total is None:
         return
@@ -481,7 +536,7 @@ def build_result(run: PlanRun, error: BaseException | None) -> Result:
         ]  # fmt: skip
         bottleneck = measurement.generator_bottleneck
         started_at, ended_at = measurement.started_at, measurement.ended_at
-        abort_reason = run.abort_reason or measurement.abort_reason
+        abort_reason = run.abort_reason
         if status is RunStatus.COMPLETED and total is not None:
             timing: LatencySource = "service" if execution.arrival_rate is None else "latency"
             outcomes = evaluate(execution.threshold_rules(), queries, total, latency=timing)
@@ -533,6 +588,8 @@ def build_result(run: PlanRun, error: BaseException | None) -> Result:
         thresholds=thresholds,
         failed_thresholds=failed_thresholds,
         load_model=load_shape(execution).model,
+        seed=run.seed,
+        query_choice=execution.query_choice,
         warm_up_s=execution.warm_up.seconds,
         intervals=run.intervals_key,
         shard_health=health,

@@ -1,10 +1,13 @@
 """The one workload parser: an annotated SQL/CQL file becomes named queries.
 
 A workload starts with a `-- @type: sql` (or `cql`) header; each query starts with a
-`-- @name: <name>` line and runs until the next marker. Markers count only at the start of a
-line that is outside string literals, quoted identifiers, dollar-quoted strings and block
-comments, so SQL text that merely looks like a marker stays in its query. Every engine reads
-the queries parsed here; nothing else parses workload files.
+`-- @name: <name>` line and runs until the next `-- @name:` line. Inside a query, `-- @weight: 3`
+sets how often random choice picks it (default 1) and `-- @param: <name> {type: ...}` declares a
+typed parameter (see `crucible_dagster.params`) that the SQL uses as `:name`; parameterised
+queries run as prepared statements with the values as arguments, never spliced into the text.
+Markers count only at the start of a line that is outside string literals, quoted identifiers,
+dollar-quoted strings and block comments, so SQL text that merely looks like a marker stays in
+its query. Every engine reads the queries parsed here; nothing else parses workload files.
 """
 
 import difflib
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crucible_dagster.errors import Location, Problem, ValidationError, decode_utf8
+from crucible_dagster.params import ParamError, ParamSpec, parse_param
 
 WORKLOAD_TYPES = ("sql", "cql")
 # Dialect names seen in the original plans; they all mean SQL sent verbatim to the SUT.
@@ -34,23 +38,76 @@ _BACKSLASH_DIALECTS = frozenset({"mysql", "mariadb", "doris", "starrocks", "clic
 _NO_DOLLAR_QUOTE_DIALECTS = _BACKSLASH_DIALECTS
 
 QUERY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_MARKERS = ("type", "name")
-# Markers planned for query weights and parameters; they are recognised so that a file using
-# them fails with a clear reason instead of a typo suggestion.
-_RESERVED_MARKERS = ("weight", "param")
+_MARKERS = ("type", "name", "weight", "param")
+# Markers that belong to the query block they appear in.
+_BLOCK_MARKERS = ("weight", "param")
+_WEIGHT = re.compile(r"^\d+(\.\d+)?$")
+_PLACEHOLDER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MARKER_LINE = re.compile(r"^--\s*@([A-Za-z_][A-Za-z0-9_-]*)(.*)$")
 _DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$")
 
 
 @dataclass(frozen=True)
+class QueryParam:
+    """A parameter declared by `-- @param:` in a query block, at 1-based `line`."""
+
+    name: str
+    spec: ParamSpec
+    line: int
+
+
+@dataclass(frozen=True)
+class Placeholder:
+    """A `:name` in a query's SQL; `offset` is the position of its colon in `Query.sql`."""
+
+    name: str
+    offset: int
+
+    @property
+    def end(self) -> int:
+        return self.offset + 1 + len(self.name)
+
+
+@dataclass(frozen=True)
 class Query:
-    """One named block of a workload; `line` is the 1-based line of its `-- @name:` marker."""
+    """One named block of a workload; `line` is the 1-based line of its `-- @name:` marker.
+
+    `weight` is the block's `-- @weight:` (None when it has none: random choice then counts it
+    as 1). `placeholders` are empty when the query declares no parameters: its SQL is sent as
+    written, colons and all.
+    """
 
     name: str
     sql: str
     workload_id: str
     source: str
     line: int
+    weight: float | None = None
+    params: tuple[QueryParam, ...] = ()
+    placeholders: tuple[Placeholder, ...] = ()
+
+    def render(self, mark: Callable[[int], str], *, numbered: bool) -> tuple[str, tuple[str, ...]]:
+        """The SQL with every `:name` replaced by a driver's placeholder, and the parameter
+        names in argument order.
+
+        `numbered` drivers (PostgreSQL's `$1`) give each distinct name one number, by first
+        appearance; positional ones (`?`, `%s`) take one argument per occurrence.
+        """
+        parts: list[str] = []
+        order: list[str] = []
+        position = 0
+        for placeholder in self.placeholders:
+            if numbered:
+                if placeholder.name not in order:
+                    order.append(placeholder.name)
+                number = order.index(placeholder.name) + 1
+            else:
+                order.append(placeholder.name)
+                number = len(order)
+            parts += [self.sql[position : placeholder.offset], mark(number)]
+            position = placeholder.end
+        parts.append(self.sql[position:])
+        return "".join(parts), tuple(order)
 
 
 @dataclass(frozen=True)
@@ -119,10 +176,14 @@ def parse_workload(text: str, *, source: str, workload_id: str) -> Workload:
     _check_markers(markers, header, problem)
 
     blocks = [m for m in markers if m.keyword == "name"]
-    boundaries = [m.line for m in markers if m.keyword in _MARKERS + _RESERVED_MARKERS]
     header_line = header.line if header and header.keyword == "type" else first + 1
     _check_stray_sql(lines, scan, header_line, blocks, problem)
-    queries = _read_queries(lines, scan, blocks, boundaries, problem, source, workload_id)
+    reader = _BlockReader(lines, scan, markers, dialect, problem)
+    queries = [
+        query
+        for index, block in enumerate(blocks)
+        if (query := reader.read(block, blocks[index + 1 :], source, workload_id)) is not None
+    ]
 
     if not blocks:
         problem("the workload has no queries: start each query with a '-- @name: <name>' line")
@@ -155,24 +216,27 @@ def _check_stray_sql(
             return
 
 
-def _read_queries(
-    lines: list[str],
-    scan: _Lines,
-    blocks: list[_Marker],
-    boundaries: list[int],
-    problem: _Add,
-    source: str,
-    workload_id: str,
-) -> list[Query]:
-    """One query per `-- @name:` block: its body runs to the next marker line."""
-    queries: list[Query] = []
-    seen: dict[str, int] = {}
-    for marker in blocks:
+class _BlockReader:
+    """Reads one query per `-- @name:` block: its weight, parameters, SQL and placeholders."""
+
+    def __init__(
+        self, lines: list[str], scan: _Lines, markers: list[_Marker], dialect: str, problem: _Add
+    ) -> None:
+        self.lines = lines
+        self.scan = scan
+        self.markers = markers
+        self.dialect = dialect
+        self.problem = problem
+        self.seen: dict[str, int] = {}
+
+    def read(
+        self, marker: _Marker, following: list[_Marker], source: str, workload_id: str
+    ) -> Query | None:
+        problem = self.problem
         name = marker.value
-        following = [b for b in boundaries if b > marker.line]
-        end = following[0] - 1 if following else len(lines)
+        end = following[0].line - 1 if following else len(self.lines)
         if not name:
-            continue  # reported by _check_markers
+            return None  # reported by _check_markers
         if not QUERY_NAME.match(name):
             problem(
                 f"invalid query name {name!r}: expected letters, digits and underscores, "
@@ -180,21 +244,119 @@ def _read_queries(
                 marker.line,
                 marker.value_column,
             )
-        elif name in seen:
+        elif name in self.seen:
             problem(
-                f"duplicate query name {name!r} (first defined at line {seen[name]})",
+                f"duplicate query name {name!r} (first defined at line {self.seen[name]})",
                 marker.line,
                 marker.value_column,
             )
         else:
-            seen[name] = marker.line
-        if not any(scan.has_code[marker.line : end]):
+            self.seen[name] = marker.line
+        own = [
+            m
+            for m in self.markers
+            if marker.line < m.line <= end and m.keyword in _BLOCK_MARKERS and m.has_colon
+        ]
+        own_lines = {m.line for m in own}
+        own = [m for m in own if m.value]  # an empty one is reported by _check_markers
+        if not any(
+            self.scan.has_code[i] for i in range(marker.line, end) if i + 1 not in own_lines
+        ):
             problem(
                 f"query {name!r} has no SQL after its '-- @name:' line", marker.line, marker.column
             )
-        body = "\n".join(lines[marker.line : end]).strip()
-        queries.append(Query(name, body, workload_id, source, marker.line))
-    return queries
+        weight = self._weight(name, [m for m in own if m.keyword == "weight"])
+        params = self._params(name, [m for m in own if m.keyword == "param"])
+        # Block markers are comments to the SUT; they leave the text, keeping line numbers.
+        body = ["" if i + 1 in own_lines else self.lines[i] for i in range(marker.line, end)]
+        sql, placeholders = self._sql(name, body, marker.line + 1, params)
+        return Query(name, sql, workload_id, source, marker.line, weight, params, placeholders)
+
+    def _weight(self, name: str, markers: list[_Marker]) -> float | None:
+        weight: float | None = None
+        for index, marker in enumerate(markers):
+            where = (marker.line, marker.value_column)
+            if index:
+                self.problem(
+                    f"a second '@weight' for query {name!r}: the first is at line "
+                    f"{markers[0].line}",
+                    *where,
+                )
+            elif not _WEIGHT.match(marker.value):
+                self.problem(
+                    f"invalid weight {marker.value!r} for query {name!r}: expected a number of "
+                    "0 or more, such as 3 or 0.5",
+                    *where,
+                )
+            else:
+                weight = float(marker.value)
+        return weight
+
+    def _params(self, name: str, markers: list[_Marker]) -> tuple[QueryParam, ...]:
+        params: dict[str, QueryParam] = {}
+        for marker in markers:
+            try:
+                param_name, spec = parse_param(marker.value)
+            except ParamError as error:
+                column = marker.value_column + (error.offset or 0)
+                self.problem(f"query {name!r}: {error.message}", marker.line, column)
+                continue
+            if param_name in params:
+                self.problem(
+                    f"query {name!r} declares parameter {param_name!r} twice (first at line "
+                    f"{params[param_name].line})",
+                    marker.line,
+                    marker.value_column,
+                )
+                continue
+            params[param_name] = QueryParam(param_name, spec, marker.line)
+        return tuple(params.values())
+
+    def _sql(
+        self, name: str, body: list[str], first_line: int, params: tuple[QueryParam, ...]
+    ) -> tuple[str, tuple[Placeholder, ...]]:
+        """The block's text, stripped, and its placeholders (none without parameters)."""
+        kept = [i for i, line in enumerate(body) if line.strip()]
+        if not kept:
+            return "", ()
+        top, bottom = kept[0], kept[-1]
+        text_lines = body[top : bottom + 1]
+        lead = len(text_lines[0]) - len(text_lines[0].lstrip())
+        text_lines[0] = text_lines[0].lstrip()
+        text_lines[-1] = text_lines[-1].rstrip()
+        sql = "\n".join(text_lines)
+        if not params:
+            return sql, ()
+        found: list[tuple[int, int, str]] = []
+        _scan(body, self.dialect, placeholders=found)
+        starts = [0]
+        for line in text_lines:
+            starts.append(starts[-1] + len(line) + 1)
+        declared = {p.name for p in params}
+        placeholders: list[Placeholder] = []
+        for line_index, column, used_name in found:
+            if used_name not in declared:
+                close = difflib.get_close_matches(used_name, sorted(declared), n=1)
+                hint = f"; did you mean ':{close[0]}'?" if close else ""
+                self.problem(
+                    f"query {name!r} uses ':{used_name}', which no '-- @param:' line declares"
+                    f"{hint} "
+                    "(write ': name', with a space, where a colon is not a parameter)",
+                    first_line + line_index,
+                    column + 1,
+                )
+                continue
+            offset = starts[line_index - top] + column - (lead if line_index == top else 0)
+            placeholders.append(Placeholder(used_name, offset))
+        used = {p.name for p in placeholders}
+        for param in params:
+            if param.name not in used:
+                self.problem(
+                    f"query {name!r} declares parameter {param.name!r} but its SQL never uses "
+                    f"':{param.name}'",
+                    param.line,
+                )
+        return sql, tuple(placeholders)
 
 
 def workload_from_bytes(data: bytes, *, source: str, workload_id: str) -> Workload:
@@ -243,7 +405,8 @@ def _check_header(
 
 
 def _check_markers(markers: list[_Marker], header: _Marker | None, problem: _Add) -> None:
-    known = _MARKERS + _RESERVED_MARKERS
+    known = _MARKERS
+    first_block = next((m.line for m in markers if m.keyword == "name"), None)
     for marker in markers:
         where = (marker.line, marker.column)
         if marker.keyword not in known:
@@ -251,17 +414,32 @@ def _check_markers(markers: list[_Marker], header: _Marker | None, problem: _Add
                 continue  # an ordinary comment that happens to start with @
             close = difflib.get_close_matches(marker.keyword.lower(), known, n=1, cutoff=0.5)
             hint = f"; did you mean '-- @{close[0]}:'?" if close else ""
-            problem(f"unknown marker '@{marker.keyword}': expected @type or @name{hint}", *where)
-        elif marker.keyword in _RESERVED_MARKERS:
-            problem(f"the '@{marker.keyword}' marker is not supported yet", *where)
+            problem(
+                f"unknown marker '@{marker.keyword}': expected @type, @name, @weight or "
+                f"@param{hint}",
+                *where,
+            )
         elif not marker.has_colon:
             problem(
                 f"the '@{marker.keyword}' marker needs a colon: '-- @{marker.keyword}: ...'", *where
             )
         elif not marker.value.strip():
-            what = "a workload type (sql or cql)" if marker.keyword == "type" else "a query name"
+            what = {
+                "type": "a workload type (sql or cql)",
+                "name": "a query name",
+                "weight": "a number, such as 3",
+                "param": "a parameter, such as 'id {type: int, range: [1, 1000]}'",
+            }[marker.keyword]
             problem(
                 f"the '@{marker.keyword}:' marker has nothing after it: expected {what}", *where
+            )
+        elif marker.keyword in _BLOCK_MARKERS and (
+            first_block is None or marker.line < first_block
+        ):
+            problem(
+                f"the '@{marker.keyword}' marker belongs to no query: put it below the "
+                "'-- @name:' line of the query it is for",
+                *where,
             )
         elif marker.keyword == "type" and marker != header:
             if header is not None and header.keyword == "type":
@@ -302,12 +480,16 @@ def _position(problem: Problem) -> tuple[int, int]:
     return (problem.location.line or 0, problem.location.column or 0)
 
 
-def _scan(lines: list[str], dialect: str) -> _Lines:
+def _scan(
+    lines: list[str], dialect: str, placeholders: list[tuple[int, int, str]] | None = None
+) -> _Lines:
     """A small SQL lexer: which lines start outside literals and comments, which hold code.
 
     It knows '...' strings (with '' and, for E'...' or MySQL-family dialects, backslash
     escapes), "..." and `...` quoted identifiers, $tag$...$tag$ strings, -- line comments and
-    nested /* ... */ block comments. That is all a marker test needs.
+    nested /* ... */ block comments. That is all a marker test needs. With `placeholders`, it
+    also collects every `:name` in code as (0-based line, 0-based column of the colon, name);
+    `::type` casts are not placeholders.
     """
     backslash = dialect in _BACKSLASH_DIALECTS
     dollar = dialect not in _NO_DOLLAR_QUOTE_DIALECTS
@@ -361,6 +543,12 @@ def _scan(lines: list[str], dialect: str) -> _Lines:
                         i = tag.end()
                 else:
                     code = True
+                    if ch == ":" and placeholders is not None and not (i and line[i - 1] == ":"):
+                        name = _PLACEHOLDER_NAME.match(line, i + 1)
+                        if name is not None:
+                            placeholders.append((number - 1, i, name.group(0)))
+                            i = name.end()
+                            continue
                     i += 1
             elif kind == "block comment":
                 if line.startswith("/*", i):

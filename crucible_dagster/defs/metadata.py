@@ -16,7 +16,12 @@ def result_metadata(result: Result, result_uri: str | None) -> dict[str, dg.Meta
         "verdict": dg.MetadataValue.text(result.verdict.value if result.verdict else "none"),
         "sut": dg.MetadataValue.text(result.sut.key),
         "plan_sha256": dg.MetadataValue.text(result.plan_sha256),
+        "load_model": dg.MetadataValue.text(result.load_model),
+        "query_choice": dg.MetadataValue.text(result.query_choice),
     }
+    if result.seed is not None:
+        # Text, not a number: a seed is an identity to copy into a plan, not a value to plot.
+        metadata["seed"] = dg.MetadataValue.text(str(result.seed))
     if result_uri:
         metadata["result"] = dg.MetadataValue.path(result_uri)
     if result.failed_thresholds:

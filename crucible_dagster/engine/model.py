@@ -6,6 +6,8 @@ from typing import Literal
 
 from hdrh.histogram import HdrHistogram
 
+from crucible_dagster.params import ParamSpec
+
 CLOSED = "closed"
 CONSTANT_ARRIVAL_RATE = "constant_arrival_rate"
 RAMPING_ARRIVAL_RATE = "ramping_arrival_rate"
@@ -14,13 +16,26 @@ MODELS: tuple[str, ...] = (CLOSED, CONSTANT_ARRIVAL_RATE, RAMPING_ARRIVAL_RATE)
 
 
 @dataclass(frozen=True)
+class EngineParam:
+    """A query parameter; `values` holds the sample a `column` parameter draws from."""
+
+    name: str
+    spec: ParamSpec
+    values: tuple[object, ...] | None = None
+
+
+@dataclass(frozen=True)
 class EngineQuery:
-    """One workload query: its name, SQL text, and where it was written (file and line)."""
+    """One workload query: its name, SQL text ready for the SUT's driver (placeholders in its
+    syntax), where it was written (file and line), its weight and its parameters in argument
+    order."""
 
     name: str
     sql: str
     source: str
     line: int
+    weight: float = 1.0
+    params: tuple[EngineParam, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -41,6 +56,10 @@ class LoadShape:
     measured window starts after them. Shards split virtual users by largest remainder and take
     every N-th start of one global arrival schedule, so they never multiply the load. After the
     schedule ends, in-flight queries get `graceful_stop_s` before they are cancelled.
+
+    `query_choice="random"` picks each query by its weight; `"sequence"` runs them in order
+    (closed model: every virtual user from the first query; open models: one global order
+    across the starts). `seed` makes both choices and parameter values reproducible.
     """
 
     concurrency: int = 1
@@ -58,6 +77,7 @@ class LoadShape:
     pre_allocated_vus: int = 0
     max_vus: int | None = None
     warm_up_s: float = 0.0
+    query_choice: Literal["random", "sequence"] = "random"
 
     @property
     def is_open(self) -> bool:
@@ -78,15 +98,6 @@ class LoadShape:
         if not self.is_open:
             return self.concurrency
         return self.max_vus if self.max_vus is not None else self.pre_allocated_vus
-
-
-@dataclass(frozen=True)
-class FailureDetection:
-    """Abort the run when the cumulative error rate exceeds the threshold after a delay."""
-
-    enabled: bool = True
-    error_rate_threshold: float = 0.5
-    abort_delay_s: float = 10.0
 
 
 @dataclass
@@ -137,7 +148,6 @@ class Measurement:
     ended_at: datetime
     queries: list[QueryMeasurement]
     shards: int
-    abort_reason: str | None = None
     interrupted_by_stop: bool = False
     start_skew_s: float = 0.0
     shard_health: list[ShardHealth] = field(default_factory=list)

@@ -11,12 +11,10 @@ from multiprocessing.context import SpawnProcess
 from pathlib import Path
 
 from crucible_dagster.engine import histogram
-from crucible_dagster.engine.failure_detection import abort_reason
 from crucible_dagster.engine.health import generator_bottleneck
-from crucible_dagster.engine.intervals import IntervalWriter
+from crucible_dagster.engine.intervals import IntervalRow, IntervalWriter
 from crucible_dagster.engine.model import (
     EngineQuery,
-    FailureDetection,
     LoadShape,
     Measurement,
     Progress,
@@ -50,30 +48,50 @@ def run_load(
     target: SutTarget,
     queries: Sequence[EngineQuery],
     shape: LoadShape,
-    failure_detection: FailureDetection | None = None,
     *,
     on_progress: Callable[[Progress], None] | None = None,
     stop: threading.Event | None = None,
     intervals_path: Path | None = None,
+    on_interval: Callable[[int, int, Sequence[IntervalRow]], None] | None = None,
 ) -> Measurement:
     """Runs the load `shape` describes against `target` and returns the merged measurement.
 
     Starts `shape.shards` shard processes that split the load, releases them together, and
-    stops them at the end of the schedule, when failure detection aborts, or when `stop` is set.
+    stops them at the end of the schedule or when `stop` is set (how thresholds abort a run).
     With `intervals_path`, one NDJSON line per second of the measured window is written there
-    while the run goes (format in `engine.intervals`). No shard process outlives this call. A
-    SUT that cannot be reached raises SutError before any load is sent.
+    while the run goes (format in `engine.intervals`). `on_interval(shard, t, rows)` is called
+    for every second a shard sends, from the loop that supervises the shards, so it must return
+    at once (hand the rows to another thread); an exception from it is counted, not raised. No
+    shard process outlives this call. A SUT that cannot be reached raises SutError before any
+    load is sent.
     """
     validate_shape(shape)
     if not queries:
         raise RunError("the workload has no queries to run")
+    _check_weights(queries, shape)
     if target.identity.sut_type not in SUPPORTED_SUT_TYPES:
         raise SutError(
             f"{target.identity.key}: the native engine supports "
             f"{', '.join(sorted(SUPPORTED_SUT_TYPES))} only, not {target.identity.sut_type}"
         )
-    run = _Run(target, tuple(queries), shape, failure_detection, on_progress, stop, intervals_path)
+    run = _Run(
+        target,
+        tuple(queries),
+        shape,
+        on_progress,
+        stop,
+        intervals_path,
+        on_interval=on_interval,
+    )
     return run.execute()
+
+
+def _check_weights(queries: Sequence[EngineQuery], shape: LoadShape) -> None:
+    weights = [q.weight for q in queries]
+    if any(w < 0 for w in weights) or max(weights) <= 0:
+        raise RunError(f"query weights must be 0 or more with one above 0, got {weights}")
+    if shape.query_choice == "sequence" and any(w != int(w) for w in weights):
+        raise RunError(f"in a sequence, weights are whole repeat counts, got {weights}")
 
 
 @dataclass
@@ -91,13 +109,14 @@ class _Run:
     target: SutTarget
     queries: tuple[EngineQuery, ...]
     shape: LoadShape
-    failure_detection: FailureDetection | None
     on_progress: Callable[[Progress], None] | None
     stop: threading.Event | None
     intervals_path: Path | None = None
+    on_interval: Callable[[int, int, Sequence[IntervalRow]], None] | None = None
+    # Exceptions raised by on_interval: a listener's bug must not stop the load.
+    on_interval_errors: int = 0
     states: list[_ShardState] = field(default_factory=list)
     halted_at: float | None = None
-    abort_reason: str | None = None
     stopped: bool = False
 
     def execute(self) -> Measurement:
@@ -146,6 +165,7 @@ class _Run:
             "graceful_stop_s": shape.graceful_stop_s,
             "seed": shard_seed(shape.seed, shard),
             "warm_up_s": shape.warm_up_s,
+            "query_choice": shape.query_choice,
         }
         if not shape.is_open:
             starts = vu_start_times(shape)[shard]
@@ -181,17 +201,8 @@ class _Run:
             self._receive()
             self._check_alive()
             now = time.time()
-            if self.halted_at is None:
-                if self.stop is not None and self.stop.is_set():
-                    self._halt(stopped=True)
-                elif now < hold_end:
-                    completed, errors = self._totals()
-                    reason = abort_reason(
-                        self.failure_detection, completed, errors, now - self.started
-                    )
-                    if reason is not None:
-                        self.abort_reason = reason
-                        self._halt(stopped=False)
+            if self.halted_at is None and self.stop is not None and self.stop.is_set():
+                self._halt(stopped=True)
             if self.on_progress is not None and now >= next_report:
                 completed, errors = self._totals()
                 qps = (completed - last_completed) / max(now - last_report, 1e-9)
@@ -230,6 +241,11 @@ class _Run:
             _, shard, t, rows = message
             if self.intervals is not None:
                 self.intervals.add(shard, t, rows)  # type: ignore[arg-type]
+            if self.on_interval is not None:
+                try:
+                    self.on_interval(shard, t, rows)  # type: ignore[arg-type]
+                except Exception:
+                    self.on_interval_errors += 1
         elif kind == "progress":
             _, shard, completed, errors, active = message
             state = self.states[shard]  # type: ignore[call-overload]
@@ -307,7 +323,6 @@ class _Run:
             ended_at=datetime.fromtimestamp(ended, UTC),
             queries=queries,
             shards=self.shape.shards,
-            abort_reason=self.abort_reason,
             interrupted_by_stop=self.stopped,
             start_skew_s=max((r.start_delay_s for r in results), default=0.0),
             shard_health=sorted(health, key=lambda h: h.shard),

@@ -43,6 +43,7 @@ import asyncpg
 import uvloop
 
 from crucible_dagster.engine import histogram
+from crucible_dagster.engine.choice import argument_makers, query_chooser
 from crucible_dagster.engine.intervals import IntervalRow
 from crucible_dagster.engine.model import EngineQuery, LoadShape, ShardHealth, ShardResult
 from crucible_dagster.engine.schedule import arrival_schedule
@@ -83,6 +84,7 @@ class ShardSpec:
     shape: LoadShape | None = None  # open models: the run's shape, for the arrival schedule
     pre_allocated_vus: int = 0  # open models: this shard's share
     max_vus: int = 0  # open models: this shard's share
+    query_choice: str = "random"
 
     @property
     def is_open(self) -> bool:
@@ -189,6 +191,8 @@ class _Shard:
         self.start_at = start_at
         n = self.n = len(spec.queries)
         self.sqls = [q.sql for q in spec.queries]
+        self.weights = [q.weight for q in spec.queries]
+        self.query_choice = spec.query_choice
         self.recorders = [histogram.LatencyRecorder() for _ in range(n)]
         self.latency_recorders = [histogram.LatencyRecorder() for _ in range(n)]
         self.done = [0] * n  # finished executions in the measured window, errors included
@@ -382,9 +386,9 @@ class _Shard:
 
     async def _issue(self, index: int, user: _VirtualUser) -> None:
         """The closed model's hot loop: pick a query, run it to its last row, record it."""
-        n = len(self.sqls)
         seed = self.spec.seed
-        pick = random.Random(f"{seed}-{index}" if seed is not None else None).random
+        choose = query_chooser(self.weights, self.query_choice, _stream(seed, str(index)))
+        makers = argument_makers(self.spec.queries, _stream(seed, f"{index}-params"))
         clock = time.perf_counter_ns
         counts = [r.counts for r in self.recorders]
         done = self.done
@@ -394,13 +398,14 @@ class _Shard:
         highest = histogram.MAX_TRACKABLE_US
         measured_ns = self.measured_ns
         while self.issuing:
-            q = int(pick() * n) if n > 1 else 0
+            q = choose()
             statement = user.statements[q]
+            arguments = [make() for make in makers[q]]
             started = user.sent_ns = clock()
             try:
                 if statement is None:
                     statement = user.statements[q] = await user.conn.prepare(self.sqls[q])
-                await statement.fetch()  # type: ignore[attr-defined]
+                await statement.fetch(*arguments)  # type: ignore[attr-defined]
             except asyncio.CancelledError:
                 if not await self._cancelled(q, user, started):
                     raise
@@ -501,10 +506,19 @@ class _Shard:
     async def _arrivals(self) -> None:
         """The open models' dispatcher: at every due start, hand a query to an idle session."""
         assert self.spec.shape is not None
-        schedule = arrival_schedule(self.spec.shape, self.spec.shard)
+        shape = self.spec.shape
+        schedule = arrival_schedule(shape, self.spec.shard)
         seed = self.spec.seed
-        pick = random.Random(f"{seed}-arrivals" if seed is not None else None).random
-        n = len(self.sqls)
+        # In a sequence the shards share one global order: this shard's k-th start is the
+        # schedule's (shard + k * shards)-th.
+        choose = query_chooser(
+            self.weights,
+            self.query_choice,
+            _stream(seed, "arrivals"),
+            start=self.spec.shard,
+            stride=shape.shards,
+        )
+        makers = argument_makers(self.spec.queries, _stream(seed, "arrivals-params"))
         clock = time.perf_counter_ns
         zero_ns = self.zero_ns
         while self.issuing:
@@ -520,18 +534,19 @@ class _Shard:
                 await asyncio.sleep(wait_ns / 1e9)
                 if not self.issuing:
                     return
-            # The query is chosen at the start, so a dropped start is counted against it.
-            q = int(pick() * n) if n > 1 else 0
-            self._start(q, due_ns)
+            # The query and its arguments are chosen at the start, so a dropped start is
+            # counted against its query and the stream of statements does not depend on timing.
+            q = choose()
+            self._start(q, due_ns, [make() for make in makers[q]])
 
-    def _start(self, q: int, due_ns: int) -> None:
+    def _start(self, q: int, due_ns: int, arguments: list[object]) -> None:
         if self.idle:
             user = self.idle.pop()
-            coroutine = self._execute(q, user, due_ns)
+            coroutine = self._execute(q, user, due_ns, arguments)
         elif len(self.users) + self.opening < self.spec.max_vus:
             self.opening += 1
             user = None
-            coroutine = self._execute_on_new_user(q, due_ns)
+            coroutine = self._execute_on_new_user(q, due_ns, arguments)
         else:
             if due_ns >= self.measured_ns:
                 self.dropped[q] += 1
@@ -545,7 +560,7 @@ class _Shard:
         self.running.add(task)
         task.add_done_callback(self.running.discard)
 
-    async def _execute_on_new_user(self, q: int, due_ns: int) -> None:
+    async def _execute_on_new_user(self, q: int, due_ns: int, arguments: list[object]) -> None:
         """Opens one more session on demand (up to max_vus) and runs the start on it."""
         try:
             user = await self._open_user()
@@ -562,9 +577,11 @@ class _Shard:
         self.users.append(user)
         current = asyncio.current_task()
         user.task = current
-        await self._execute(q, user, due_ns)
+        await self._execute(q, user, due_ns, arguments)
 
-    async def _execute(self, q: int, user: _VirtualUser, due_ns: int) -> None:
+    async def _execute(
+        self, q: int, user: _VirtualUser, due_ns: int, arguments: list[object]
+    ) -> None:
         """One open-model execution; its latency runs from `due_ns`, the intended start."""
         clock = time.perf_counter_ns
         try:
@@ -575,7 +592,7 @@ class _Shard:
             try:
                 if statement is None:
                     statement = user.statements[q] = await user.conn.prepare(self.sqls[q])
-                await statement.fetch()  # type: ignore[attr-defined]
+                await statement.fetch(*arguments)  # type: ignore[attr-defined]
             except asyncio.CancelledError:
                 if not await self._cancelled(q, user, due_ns):
                     raise
@@ -650,6 +667,11 @@ class _Shard:
             health=self.health,
             intervals_lost=self.intervals_lost,
         )
+
+
+def _stream(seed: int | None, name: str) -> random.Random:
+    """One reproducible random stream of a shard; unseeded runs get a fresh one."""
+    return random.Random(f"{seed}-{name}" if seed is not None else None)
 
 
 class _NoAnswer(TimeoutError):

@@ -396,6 +396,13 @@ class Execution(PlanModel):
     arrival_rate: ArrivalRate | None = None
     # The first part of the load that runs but is left out of the result.
     warm_up: Duration = Duration("0s")
+    # `random` picks each query by weight (uniform when none is given); `sequence` runs the
+    # queries in workload order, each virtual user on its own, a weight repeating a query.
+    query_choice: Literal["random", "sequence"] = "random"
+    # Per query name; overrides the workload's `-- @weight:`.
+    query_weights: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+    # Seeds query choice and parameters; without one the run draws a seed and records it.
+    seed: Annotated[int, Field(ge=0, lt=2**63)] | None = None
 
     @property
     def planned_s(self) -> float:
@@ -450,6 +457,12 @@ class Execution(PlanModel):
         if self.warm_up.seconds and self.warm_up.seconds >= self.planned_s:
             problems.append(("warm_up", f"warm_up ({self.warm_up.text}) must be shorter than "
                              f"the whole load ({self.planned_s:g}s)"))  # fmt: skip
+        if self.query_choice == "sequence":
+            for name, weight in self.query_weights.items():
+                if weight != int(weight):
+                    message = ("with query_choice sequence a weight is a repeat count: a whole "
+                               f"number, not {weight:g}")  # fmt: skip
+                    problems.append((f"query_weights.{name}", message))
         if self.shards > self.concurrency:
             problems.append(
                 ("shards", f"shards ({self.shards}) must be at most concurrency "

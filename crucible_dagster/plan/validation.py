@@ -57,6 +57,7 @@ def resolve_workloads(loaded: LoadedPlan, storage: WorkloadStorage | None = None
             first_seen.setdefault(query.name, workload)
     if workloads and not problems:
         problems += _threshold_target_problems(loaded, list(first_seen))
+        problems += _weight_problems(loaded, workloads)
     if problems:
         raise ValidationError(problems)
     return workloads
@@ -72,6 +73,35 @@ def _threshold_target_problems(loaded: LoadedPlan, query_names: list[str]) -> li
                        f"and not 'total'{hint}")  # fmt: skip
             here = loaded.location("execution", "thresholds", target)
             problems.append(Problem(here, message, f"execution.thresholds.{target}"))
+    return problems
+
+
+def _weight_problems(loaded: LoadedPlan, workloads: list[Workload]) -> list[Problem]:
+    """Plan weights must name queries; some query must be choosable; sequences repeat whole."""
+    execution = loaded.plan.execution
+    queries = [q for w in workloads for q in w.queries]
+    names = [q.name for q in queries]
+    problems = []
+    for target in execution.query_weights:
+        if target not in names:
+            close = difflib.get_close_matches(target, names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            here = loaded.location("execution", "query_weights", target)
+            message = f"query_weights name {target!r}, which is no query of the plan's workloads"
+            problems.append(Problem(here, message + hint, f"execution.query_weights.{target}"))
+    weights = {q.name: q.weight for q in queries} | dict(execution.query_weights)
+    if execution.query_choice == "sequence":
+        for query in queries:
+            weight = weights[query.name]
+            if query.name in execution.query_weights or weight is None or weight == int(weight):
+                continue
+            message = (f"query {query.name!r} has weight {weight:g}; with query_choice "
+                       "sequence a weight is a repeat count: a whole number")  # fmt: skip
+            problems.append(Problem(Location(query.source, query.line), message))
+    if not problems and all(weights[name] == 0 for name in names):
+        here = loaded.location("execution", "query_weights")
+        message = "every query has weight 0, so none would ever run: give one a weight above 0"
+        problems.append(Problem(here, message, "execution.query_weights"))
     return problems
 
 

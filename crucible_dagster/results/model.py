@@ -141,6 +141,9 @@ class Result(_Model):
     failed_thresholds: list[str] = Field(default_factory=list)
     load_model: str = "closed"
     warm_up_s: float = 0.0
+    # The seed of query choice and parameter values: set it as execution.seed to repeat them.
+    seed: int | None = None
+    query_choice: str = "random"
     intervals: str | None = Field(
         default=None, description="storage key of the per-second series (NDJSON)"
     )

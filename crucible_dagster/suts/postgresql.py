@@ -1,6 +1,9 @@
 """PostgreSQL through asyncpg: connect, check a workload before load, and classify errors."""
 
 import asyncio
+import datetime
+import decimal
+import random
 import socket
 from collections.abc import Sequence
 from typing import Protocol
@@ -8,7 +11,20 @@ from typing import Protocol
 import asyncpg
 
 from crucible_dagster.errors import Location, Problem, SutError, ValidationError
+from crucible_dagster.params import ParamSpec, make_generator
 from crucible_dagster.suts.base import SutIdentity, SutTarget
+from crucible_dagster.workload import Query
+
+
+class QueryParameter(Protocol):
+    """What preflight needs of a parameter (the engine's EngineParam has these fields)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def spec(self) -> ParamSpec: ...
+    @property
+    def values(self) -> tuple[object, ...] | None: ...
 
 
 class WorkloadQuery(Protocol):
@@ -22,6 +38,34 @@ class WorkloadQuery(Protocol):
     def source(self) -> str: ...
     @property
     def line(self) -> int: ...
+    @property
+    def params(self) -> Sequence[QueryParameter]: ...
+
+
+def render(query: Query) -> tuple[str, tuple[str, ...]]:
+    """The query's SQL with `$1`, `$2`... for its parameters, and their names in that order."""
+    return query.render(lambda number: f"${number}", numbered=True)
+
+
+_NUMBERS = (int, float, decimal.Decimal)
+# The Python values asyncpg encodes for each parameter type a server may infer. Types missing
+# here are not checked before the load; a mismatch then shows as errors of the query.
+_ACCEPTS: dict[str, tuple[type, ...]] = {
+    **dict.fromkeys(("int2", "int4", "int8", "oid"), (int,)),
+    **dict.fromkeys(("numeric", "float4", "float8"), _NUMBERS),
+    **dict.fromkeys(("text", "varchar", "bpchar", "name", "char"), (str,)),
+    **dict.fromkeys(("date", "timestamp", "timestamptz"), (datetime.date,)),
+    "bool": (bool,),
+}
+_PYTHON_NAMES = {
+    int: "integer",
+    float: "float",
+    decimal.Decimal: "decimal",
+    str: "string",
+    bool: "boolean",
+    datetime.date: "date",
+    datetime.datetime: "timestamp",
+}
 
 
 # SQLSTATEs of a server that ended our session (shutdown, crash recovery, terminated backend):
@@ -97,7 +141,8 @@ async def preflight(target: SutTarget, queries: Sequence[WorkloadQuery]) -> None
     try:
         for query in queries:
             try:
-                await conn.prepare(query.sql)
+                statement = await conn.prepare(query.sql)
+                problems += _argument_problems(query, statement.get_parameters())
             except asyncpg.PostgresError as exc:
                 if conn.is_closed():
                     raise SutError(
@@ -109,6 +154,42 @@ async def preflight(target: SutTarget, queries: Sequence[WorkloadQuery]) -> None
         await _close(conn)
     if problems:
         raise ValidationError(problems)
+
+
+def _argument_problems(query: WorkloadQuery, types: Sequence[object]) -> list[Problem]:
+    """Parameters whose values the server would refuse for the type it inferred."""
+    problems = []
+    for param, pg_type in zip(query.params, types, strict=False):
+        type_name = getattr(pg_type, "name", "")
+        accepted = _ACCEPTS.get(type_name)
+        if accepted is None:
+            continue
+        wrong = [v for v in _sample_values(param) if not _accepts(accepted, v)]
+        if wrong:
+            given = _PYTHON_NAMES.get(type(wrong[0]), type(wrong[0]).__name__)
+            message = (
+                f"query '{query.name}': parameter :{param.name} gives {given} values, but "
+                f"PostgreSQL expects {type_name} there; cast it in the SQL (such as "
+                f":{param.name}::{type_name}) or declare another parameter type"
+            )
+            problems.append(Problem(Location(query.source, query.line), message, field=query.name))
+    return problems
+
+
+def _sample_values(param: QueryParameter) -> list[object]:
+    if param.values:
+        return list(param.values[:20])
+    choices = getattr(param.spec, "values", None)
+    if isinstance(choices, list):
+        return choices
+    make = make_generator(param.spec, random.Random(0))
+    return [make() for _ in range(3)]
+
+
+def _accepts(accepted: tuple[type, ...], value: object) -> bool:
+    if isinstance(value, bool):
+        return bool in accepted
+    return isinstance(value, accepted)
 
 
 def classify_error(exc: BaseException) -> str:

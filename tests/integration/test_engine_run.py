@@ -10,7 +10,6 @@ from pydantic import SecretStr
 
 from crucible_dagster.engine import (
     EngineQuery,
-    FailureDetection,
     LoadShape,
     Measurement,
     Progress,
@@ -69,7 +68,6 @@ def test_short_run_measures_every_query_across_two_shards(
     )
 
     assert measurement.shards == 2
-    assert measurement.abort_reason is None
     assert not measurement.interrupted_by_stop
     assert measurement.duration_s == pytest.approx(2.5, abs=0.01)
     assert [q.name for q in measurement.queries] == ["one", "series"]
@@ -100,27 +98,6 @@ def test_failing_query_is_counted_by_sqlstate_while_others_keep_running(
     assert ok.histogram.get_total_count() == ok.count
 
 
-def test_failure_detection_aborts_a_run_of_only_failing_queries(
-    postgres: LocalPostgres, pg_database: str
-) -> None:
-    queries = [
-        _query("missing", "SELECT * FROM generate_series(1, 3) WHERE 1 / (random() * 0)::int = 1")
-    ]
-    shape = LoadShape(concurrency=2, ramp_up_s=0.0, hold_for_s=30.0, shards=1)
-    detection = FailureDetection(enabled=True, error_rate_threshold=0.5, abort_delay_s=1.0)
-
-    started = time.monotonic()
-    measurement = run_load(_target(postgres, pg_database), queries, shape, detection)
-
-    assert time.monotonic() - started < 10
-    assert measurement.abort_reason is not None
-    assert measurement.abort_reason.startswith("error rate 100.0% exceeded")
-    assert "threshold 50.0%" in measurement.abort_reason
-    assert 1.0 <= measurement.duration_s < 5.0
-    assert not measurement.interrupted_by_stop
-    assert measurement.queries[0].errors == measurement.queries[0].count > 0
-
-
 def test_statement_longer_than_the_timeout_counts_as_timeout(
     postgres: LocalPostgres, pg_database: str
 ) -> None:
@@ -128,7 +105,7 @@ def test_statement_longer_than_the_timeout_counts_as_timeout(
     shape = LoadShape(concurrency=2, ramp_up_s=0.0, hold_for_s=1.5, shards=1)
     target = _target(postgres, pg_database, statement_timeout_s=0.2)
 
-    measurement = run_load(target, queries, shape, FailureDetection(enabled=False))
+    measurement = run_load(target, queries, shape)
     sleepy = measurement.queries[0]
 
     assert sleepy.count > 0
@@ -167,7 +144,6 @@ def test_stop_event_ends_the_run_early(postgres: LocalPostgres, pg_database: str
 
     assert time.monotonic() - started < 15
     assert measurement.interrupted_by_stop
-    assert measurement.abort_reason is None
     assert measurement.duration_s < 5
     one, long = measurement.queries
     assert one.count > 0

@@ -346,6 +346,26 @@ def test_aborting_threshold_stops_the_load_early_with_an_aborted_verdict(
     assert divide["errors"] > 0 and divide["errors_by_kind"] == {"22": divide["errors"]}
 
 
+def test_failure_detection_of_the_original_format_aborts_a_failing_run(
+    postgres: LocalPostgres, pg_database: str, instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    failing = (
+        "-- @type: sql\n-- @name: divide\nSELECT 1 / (n_nationkey - n_nationkey) FROM nation\n"
+    )
+    detection = "  failure_detection: {enabled: true, error_rate_threshold: 0.5, abort_delay: 1s}\n"
+    plan = write_plan(
+        tmp_path / "plans", "detected", port=postgres.port, database=pg_database,
+        workload=failing, hold_for="30s", extra=detection,
+    )  # fmt: skip
+    success, run_id = execute(plan, instance)
+    assert success
+    result = stored_result(run_id)
+    assert result["verdict"] == "aborted"
+    assert "rate<0.5" in result["abort_reason"]
+    assert result["duration_s"] < 10
+    assert result["failed_thresholds"] == ["total: rate<0.5 (observed 1)"]
+
+
 def test_open_model_plan_records_latency_from_intended_start_and_per_second_series(
     postgres: LocalPostgres, pg_database: str, instance: dg.DagsterInstance, tmp_path: Path
 ) -> None:
@@ -376,3 +396,50 @@ def test_open_model_plan_records_latency_from_intended_start_and_per_second_seri
     seconds = [json.loads(line) for line in lines]
     executed = sum(q["count"] for s in seconds for q in s["queries"].values())
     assert executed == result["total"]["count"]
+
+
+PARAM_WORKLOAD = """\
+-- @type: postgresql
+-- @name: nation_by_key
+-- @weight: 3
+-- @param: key {type: column, fixture: tpch/sf0.01/nation, column: n_nationkey}
+SELECT n_name FROM nation WHERE n_nationkey = :key
+-- @name: regions_by_name
+-- @param: name {type: choice, values: [AFRICA, AMERICA, ASIA, EUROPE, 'MIDDLE EAST']}
+SELECT r_regionkey FROM region WHERE r_name = :name
+-- @name: unused
+SELECT pg_sleep(1)
+"""
+
+
+def test_plan_with_parameters_weights_and_a_seed_runs_them_and_records_the_seed(
+    postgres: LocalPostgres, pg_database: str, instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    extra = "  seed: 11\n  query_weights: {unused: 0}\n"
+    plan = write_plan(
+        tmp_path / "plans", "params", port=postgres.port, database=pg_database,
+        workload=PARAM_WORKLOAD, workload_id="params", extra=extra,
+    )  # fmt: skip
+    success, run_id = execute(plan, instance)
+    assert success
+
+    result = stored_result(run_id)
+    assert result["seed"] == 11
+    assert result["query_choice"] == "random"
+    event = instance.get_latest_materialization_event(dg.AssetKey(["results", "params"]))
+    assert event is not None
+    assert event.asset_materialization.metadata["seed"].value == "11"  # type: ignore[union-attr]
+    counts = {q["name"]: q["count"] for q in result["queries"]}
+    assert counts["unused"] == 0
+    assert counts["nation_by_key"] > 2 * counts["regions_by_name"] > 0
+    assert all(q["errors"] == 0 for q in result["queries"])
+
+
+def test_plan_without_a_seed_records_the_seed_it_drew(
+    postgres: LocalPostgres, pg_database: str, instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    plan = write_plan(tmp_path / "plans", "drawn", port=postgres.port, database=pg_database)
+    success, run_id = execute(plan, instance)
+    assert success
+
+    assert isinstance(stored_result(run_id)["seed"], int)

@@ -271,4 +271,6 @@ def test_a_dead_pushgateway_is_recorded_in_the_result_and_the_run_still_succeeds
     dead = f"http://127.0.0.1:{free_port()}"
     result = _run_plan_job("unpushed", dead, postgres, pg_database, tmp_path, monkeypatch)
     assert result["status"] == "completed"
-    assert result["delivery_errors"] and "summary" in result["delivery_errors"][0]
+    live, summary = result["delivery_errors"]
+    assert live.startswith("live metrics: ") and "refused" in live
+    assert "summary" in summary

@@ -174,3 +174,82 @@ def test_validate_plan_folder_checks_every_yaml_plan(tmp_path: Path) -> None:
     assert list(results) == [bad, good]
     assert results[good] == []
     assert len(results[bad]) == 1
+
+
+# --- query choice ----------------------------------------------------------------------------
+
+TWO_QUERIES = "-- @type: sql\n-- @name: a\n-- @weight: 2.5\nSELECT 1\n-- @name: b\nSELECT 2\n"
+
+
+def write_choice_plan(folder: Path, execution_extra: str) -> Path:
+    path = write_plan(folder, "w")
+    path.write_text(path.read_text() + execution_extra)
+    write_workload(folder, "w.sql", TWO_QUERIES)
+    return path
+
+
+def test_query_weights_must_name_queries_of_the_plan(tmp_path: Path) -> None:
+    path = write_choice_plan(tmp_path, "  query_weights: {a: 1, bb: 3}\n")
+
+    problems = validate_plan_file(path)
+
+    assert [p.message for p in problems] == [
+        "query_weights name 'bb', which is no query of the plan's workloads; did you mean 'b'?"
+    ]
+    assert problems[0].location.line == 14
+
+
+def test_all_weights_zero_is_an_error(tmp_path: Path) -> None:
+    path = write_choice_plan(tmp_path, "  query_weights: {a: 0, b: 0}\n")
+
+    problems = validate_plan_file(path)
+
+    assert [p.message for p in problems] == [
+        "every query has weight 0, so none would ever run: give one a weight above 0"
+    ]
+
+
+def test_sequence_needs_whole_weights_from_the_workload(tmp_path: Path) -> None:
+    path = write_choice_plan(tmp_path, "  query_choice: sequence\n")
+
+    problems = validate_plan_file(path)
+
+    assert [p.message for p in problems] == [
+        "query 'a' has weight 2.5; with query_choice sequence a weight is a repeat count: "
+        "a whole number"
+    ]
+    assert problems[0].location.file.endswith("w.sql")
+    assert problems[0].location.line == 2
+
+
+def test_sequence_with_whole_plan_weights_is_valid(tmp_path: Path) -> None:
+    path = write_choice_plan(tmp_path, "  query_choice: sequence\n  query_weights: {a: 2}\n")
+
+    assert validate_plan_file(path) == []
+
+
+def test_sequence_refuses_fractional_plan_weights(tmp_path: Path) -> None:
+    path = write_choice_plan(tmp_path, "  query_choice: sequence\n  query_weights: {a: 1.5}\n")
+
+    problems = validate_plan_file(path)
+
+    assert len(problems) == 1
+    assert "a weight is a repeat count: a whole number, not 1.5" in problems[0].message
+
+
+def test_unknown_query_choice_is_an_error(tmp_path: Path) -> None:
+    path = write_choice_plan(tmp_path, "  query_choice: roundrobin\n")
+
+    problems = validate_plan_file(path)
+
+    assert len(problems) == 1
+    assert "random" in problems[0].message and "sequence" in problems[0].message
+
+
+def test_seed_must_be_a_whole_number(tmp_path: Path) -> None:
+    path = write_choice_plan(tmp_path, '  seed: "42"\n')
+
+    problems = validate_plan_file(path)
+
+    assert len(problems) == 1
+    assert problems[0].location.line == 14

@@ -274,7 +274,8 @@ def test_unknown_marker_suggests_the_close_one() -> None:
     text = "-- @type: sql\n-- @name: A\nSELECT 1\n-- @nmae: B\n"
 
     assert problems(text) == [
-        "unknown marker '@nmae': expected @type or @name; did you mean '-- @name:'?"
+        "unknown marker '@nmae': expected @type, @name, @weight or @param; "
+        "did you mean '-- @name:'?"
     ]
     assert positions(text) == [(4, 1)]
 
@@ -291,10 +292,143 @@ def test_marker_without_colon_is_an_error() -> None:
     assert any("needs a colon" in m for m in messages)
 
 
-def test_reserved_weight_marker_is_not_supported_yet() -> None:
-    messages = problems("-- @type: sql\n-- @name: A\n-- @weight: 3\nSELECT 1\n")
+def test_weight_marker_sets_the_weight_of_its_block_and_leaves_the_sql() -> None:
+    workload = parse("-- @type: sql\n-- @name: A\n-- @weight: 3\nSELECT 1\n-- @name: B\nSELECT 2\n")
 
-    assert any("'@weight' marker is not supported yet" in m for m in messages)
+    assert [(q.name, q.weight, q.sql) for q in workload.queries] == [
+        ("A", 3.0, "SELECT 1"),
+        ("B", None, "SELECT 2"),
+    ]
+
+
+def test_weight_below_the_sql_still_belongs_to_its_block() -> None:
+    workload = parse("-- @type: sql\n-- @name: A\nSELECT 1\n  -- @weight: 0.5\nFROM t\n")
+
+    assert workload.queries[0].weight == 0.5
+    assert workload.queries[0].sql == "SELECT 1\n\nFROM t"
+
+
+@pytest.mark.parametrize("value", ["3x", "-1", "1e3", "three"])
+def test_weight_that_is_not_a_number_of_zero_or_more_is_an_error(value: str) -> None:
+    text = f"-- @type: sql\n-- @name: A\n-- @weight: {value}\nSELECT 1\n"
+
+    assert problems(text) == [
+        f"invalid weight {value!r} for query 'A': expected a number of 0 or more, such as 3 or 0.5"
+    ]
+    assert positions(text) == [(3, 13)]
+
+
+def test_second_weight_in_a_block_is_an_error() -> None:
+    text = "-- @type: sql\n-- @name: A\n-- @weight: 1\n-- @weight: 2\nSELECT 1\n"
+
+    assert problems(text) == ["a second '@weight' for query 'A': the first is at line 3"]
+
+
+def test_weight_before_the_first_query_belongs_to_no_query() -> None:
+    text = "-- @type: sql\n-- @weight: 2\n-- @name: A\nSELECT 1\n"
+
+    assert problems(text) == [
+        "the '@weight' marker belongs to no query: put it below the '-- @name:' line of the "
+        "query it is for"
+    ]
+    assert positions(text) == [(2, 1)]
+
+
+def test_empty_weight_says_what_it_expects() -> None:
+    messages = problems("-- @type: sql\n-- @name: A\n-- @weight:\nSELECT 1\n")
+
+    assert messages == ["the '@weight:' marker has nothing after it: expected a number, such as 3"]
+
+
+# --- parameters ------------------------------------------------------------------------------
+
+PARAMS = """-- @type: postgresql
+-- @name: Orders
+-- @param: cust {type: int, range: [1, 1500]}
+-- @param: day {type: date, range: [1992-01-01, 1998-08-02]}
+SELECT * FROM orders
+WHERE o_custkey = :cust AND o_orderdate >= :day::date AND o_comment <> ':cust'
+  AND o_orderkey <> :cust -- :day
+"""
+
+
+def test_parameters_are_declared_and_found_outside_literals_and_comments() -> None:
+    query = parse(PARAMS).queries[0]
+
+    assert [p.name for p in query.params] == ["cust", "day"]
+    assert [p.line for p in query.params] == [3, 4]
+    assert [(p.name, query.sql[p.offset : p.end]) for p in query.placeholders] == [
+        ("cust", ":cust"),
+        ("day", ":day"),
+        ("cust", ":cust"),
+    ]
+
+
+def test_numbered_rendering_gives_each_name_one_number_and_keeps_casts() -> None:
+    sql, order = parse(PARAMS).queries[0].render(lambda n: f"${n}", numbered=True)
+
+    assert order == ("cust", "day")
+    assert sql == (
+        "SELECT * FROM orders\nWHERE o_custkey = $1 AND o_orderdate >= $2::date "
+        "AND o_comment <> ':cust'\n  AND o_orderkey <> $1 -- :day"
+    )
+
+
+def test_positional_rendering_takes_one_argument_per_occurrence() -> None:
+    sql, order = parse(PARAMS).queries[0].render(lambda n: "%s", numbered=False)
+
+    assert order == ("cust", "day", "cust")
+    assert sql.count("%s") == 3
+
+
+def test_colons_in_a_query_without_parameters_are_left_alone() -> None:
+    query = parse("-- @type: sql\n-- @name: A\nSELECT arr[a:b], 1::int\n").queries[0]
+
+    assert query.placeholders == ()
+    assert query.render(lambda n: "?", numbered=False) == ("SELECT arr[a:b], 1::int", ())
+
+
+def test_undeclared_placeholder_is_an_error_with_a_suggestion() -> None:
+    text = "-- @type: sql\n-- @name: A\n-- @param: cust {type: int, range: [1, 9]}\n"
+    text += "SELECT :cust, :custt\n"
+
+    messages = problems(text)
+
+    assert len(messages) == 1
+    assert "query 'A' uses ':custt', which no '-- @param:' line declares" in messages[0]
+    assert "did you mean ':cust'?" in messages[0]
+    assert positions(text) == [(4, 15)]
+
+
+def test_declared_parameter_the_sql_never_uses_is_an_error() -> None:
+    text = "-- @type: sql\n-- @name: A\n-- @param: x {type: int, range: [1, 9]}\nSELECT 1\n"
+
+    assert problems(text) == ["query 'A' declares parameter 'x' but its SQL never uses ':x'"]
+    assert positions(text) == [(3, None)]
+
+
+def test_parameter_declared_twice_is_an_error() -> None:
+    text = "-- @type: sql\n-- @name: A\n-- @param: x {type: int, range: [1, 9]}\n"
+    text += "-- @param: x {type: int, range: [1, 5]}\nSELECT :x\n"
+
+    assert problems(text) == ["query 'A' declares parameter 'x' twice (first at line 3)"]
+
+
+def test_bad_parameter_declaration_is_located_in_its_marker() -> None:
+    text = "-- @type: sql\n-- @name: A\n-- @param: x {type: int, range: [5, 1]}\nSELECT :x\n"
+
+    messages = problems(text)
+
+    assert len(messages) == 1
+    assert messages[0].startswith("query 'A': parameter 'x': range must be [low, high]")
+    line, column = positions(text)[0]
+    assert line == 3 and column is not None and column > len("-- @param: ")
+
+
+def test_parameter_before_the_first_query_belongs_to_no_query() -> None:
+    text = "-- @type: sql\n-- @param: x {type: int, range: [1, 9]}\n-- @name: A\nSELECT 1\n"
+
+    assert "the '@param' marker belongs to no query" in problems(text)[0]
 
 
 def test_at_sign_comment_without_colon_is_an_ordinary_comment() -> None:
