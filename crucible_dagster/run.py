@@ -60,8 +60,8 @@ from crucible_dagster.results.thresholds import (
 from crucible_dagster.results.thresholds import verdict as judge
 from crucible_dagster.settings import Settings
 from crucible_dagster.storage import Storage, storage_from_url
-from crucible_dagster.suts import postgresql
 from crucible_dagster.suts.base import SutIdentity, SutTarget, sut_identity
+from crucible_dagster.suts.driver import driver_for, supported_sut_types
 from crucible_dagster.workload import QueryParam, Workload
 
 RUN_ID_TAG = "crucible/run-id"
@@ -69,8 +69,6 @@ PLAN_TAG = "crucible/plan"
 SUT_TAG = "crucible/sut"
 LAUNCH_TAG = "crucible/launch"
 
-# SUT types whose native adapter exists; the plan format already names the others.
-SUPPORTED_SUT_TYPES = ("postgresql",)
 
 # Datasets Crucible can generate when a plan needs a fixture that storage does not hold yet,
 # with the scales the fixture asset is partitioned by.
@@ -192,10 +190,10 @@ def open_run(
 def check_run(run: PlanRun) -> None:
     """Checks what can be checked before touching the SUT: its type, engine and workloads."""
     loaded = run.loaded
-    if run.sut.sut_type not in SUPPORTED_SUT_TYPES:
+    if run.sut.sut_type not in supported_sut_types():
         raise RunError(
             f"{loaded.source}: SUT type {run.sut.sut_type!r} has no native adapter in this "
-            f"version of Crucible; supported: {', '.join(SUPPORTED_SUT_TYPES)}"
+            f"version of Crucible; supported: {', '.join(supported_sut_types())}"
         )
     if loaded.plan.execution.executor != "native":
         raise RunError(f"{loaded.source}: executor {loaded.plan.execution.executor!r} is not "
@@ -212,6 +210,13 @@ def check_run(run: PlanRun) -> None:
                 f"choose one of {', '.join(generator[1])}"
             )
     run.workloads = resolve_workloads(loaded, run.storage)
+    driver = driver_for(run.sut.sut_type)
+    for workload in run.workloads:
+        if workload.type not in driver.workload_types:
+            raise RunError(
+                f"{workload.source}: a {workload.type} workload cannot run on "
+                f"{run.sut.sut_type}, which takes {' or '.join(driver.workload_types)} workloads"
+            )
 
 
 def take_lease(run: PlanRun) -> None:
@@ -336,10 +341,11 @@ def engine_queries(run: PlanRun) -> list[EngineQuery]:
     """The workloads' queries as the engine runs them: SQL in the driver's placeholder syntax,
     the plan's weights over the workload's, and a seeded sample for each column parameter."""
     weights = run.loaded.plan.execution.query_weights
+    driver = driver_for(run.sut.sut_type)
     queries = []
     for workload in run.workloads:
         for query in workload.queries:
-            sql, order = postgresql.render(query)
+            sql, order = driver.render(query)
             declared = {p.name: p for p in query.params}
             params = tuple(
                 EngineParam(name, declared[name].spec, _column_sample(run, declared[name]))
@@ -374,7 +380,7 @@ def run_the_load(run: PlanRun, on_progress: Callable[[Progress], None] | None = 
     execution = run.loaded.plan.execution
     target = run.target()
     queries = engine_queries(run)
-    asyncio.run(postgresql.preflight(target, queries))
+    asyncio.run(driver_for(run.sut.sut_type).preflight(target, queries))
     _check_lease(run)
 
     shape = load_shape(execution, seed=run.seed)

@@ -30,10 +30,10 @@ from crucible_dagster.engine.schedule import (
 from crucible_dagster.engine.shard import CONTROL_TICK_S, ShardSpec, shard_main
 from crucible_dagster.errors import RunError, SutError
 from crucible_dagster.suts.base import SutTarget
+from crucible_dagster.suts.driver import driver_for
 
 # Limitation: the native engine drives PostgreSQL only (asyncpg); other SUT types need their own
 # async driver behind the same shard loop, or the k6 engine.
-SUPPORTED_SUT_TYPES = {"postgresql"}
 # Spawning a shard imports asyncpg, uvloop and hdrh before it can connect.
 SPAWN_ALLOWANCE_S = 60.0
 # The shared start instant lies this far ahead of the release, so every shard sleeps to it.
@@ -69,11 +69,7 @@ def run_load(
     if not queries:
         raise RunError("the workload has no queries to run")
     _check_weights(queries, shape)
-    if target.identity.sut_type not in SUPPORTED_SUT_TYPES:
-        raise SutError(
-            f"{target.identity.key}: the native engine supports "
-            f"{', '.join(sorted(SUPPORTED_SUT_TYPES))} only, not {target.identity.sut_type}"
-        )
+    driver_for(target.identity.sut_type)  # a SutError naming the supported types otherwise
     run = _Run(
         target,
         tuple(queries),

@@ -39,7 +39,6 @@ from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event
 from typing import Any
 
-import asyncpg
 import uvloop
 
 from crucible_dagster.engine import histogram
@@ -48,8 +47,8 @@ from crucible_dagster.engine.intervals import IntervalRow
 from crucible_dagster.engine.model import EngineQuery, LoadShape, ShardHealth, ShardResult
 from crucible_dagster.engine.schedule import arrival_schedule
 from crucible_dagster.errors import SutError
-from crucible_dagster.suts import postgresql
 from crucible_dagster.suts.base import SutTarget
+from crucible_dagster.suts.driver import Execute, driver_for
 
 PROGRESS_INTERVAL_S = 1.0
 INTERVAL_NS = 1_000_000_000
@@ -131,7 +130,7 @@ class _VirtualUser:
 
     __slots__ = ("conn", "expired", "sent_ns", "statements", "task")
 
-    def __init__(self, conn: asyncpg.Connection, statements: list[object | None]) -> None:
+    def __init__(self, conn: Any, statements: list[Execute | None]) -> None:
         self.conn = conn
         self.statements = statements
         self.sent_ns = 0  # perf_counter_ns when the in-flight query was sent; 0 when idle
@@ -189,6 +188,7 @@ class _Shard:
         self.go = go
         self.halt = halt
         self.start_at = start_at
+        self.driver = driver_for(spec.target.identity.sut_type)
         n = self.n = len(spec.queries)
         self.sqls = [q.sql for q in spec.queries]
         self.weights = [q.weight for q in spec.queries]
@@ -246,19 +246,19 @@ class _Shard:
             raise SutError(f"cannot open sessions on {self.spec.target.identity.key}: {first}")
         if self.spec.is_open and not self.users:
             # With nothing pre-allocated, still check the SUT answers before load starts.
-            probe = await postgresql.connect(self.spec.target)
+            probe = await self.driver.connect(self.spec.target)
             await self._close(probe)
 
     async def _open_user(self) -> _VirtualUser:
-        conn = await postgresql.connect(self.spec.target)
+        conn = await self.driver.connect(self.spec.target)
         return _VirtualUser(conn, await self._prepare_all(conn))
 
-    async def _prepare_all(self, conn: asyncpg.Connection) -> list[object | None]:
-        statements: list[object | None] = []
+    async def _prepare_all(self, conn: Any) -> list[Execute | None]:
+        statements: list[Execute | None] = []
         for sql in self.sqls:
             try:
-                statements.append(await conn.prepare(sql))
-            except asyncpg.PostgresError:
+                statements.append(await self.driver.prepare(conn, sql))
+            except self.driver.rejections:
                 # Preflight reports rejected queries; here it is retried at every execution so
                 # the failure is counted against the query.
                 statements.append(None)
@@ -404,8 +404,10 @@ class _Shard:
             started = user.sent_ns = clock()
             try:
                 if statement is None:
-                    statement = user.statements[q] = await user.conn.prepare(self.sqls[q])
-                await statement.fetch(*arguments)  # type: ignore[attr-defined]
+                    statement = user.statements[q] = await self.driver.prepare(
+                        user.conn, self.sqls[q]
+                    )
+                await statement(*arguments)
             except asyncio.CancelledError:
                 if not await self._cancelled(q, user, started):
                     raise
@@ -449,11 +451,11 @@ class _Shard:
 
     async def _failed(self, q: int, user: _VirtualUser, exc: Exception, started_ns: int) -> None:
         user.sent_ns = 0
-        session_lost = user.conn.is_closed() or isinstance(exc, asyncpg.InternalClientError)
+        session_lost = self.driver.session_lost(user.conn, exc)
         # A session that dropped under a query fails it with whatever error asyncpg met first;
         # the cause is the lost connection.
         self._count_error(
-            q, _SessionLost(postgresql.describe_error(exc)) if session_lost else exc, started_ns
+            q, _SessionLost(self.driver.describe_error(exc)) if session_lost else exc, started_ns
         )
         if session_lost:
             await self._reconnect(q, user)
@@ -468,7 +470,7 @@ class _Shard:
         elif isinstance(exc, _NoAnswer):
             kind, sample = "timeout", str(exc)
         else:
-            kind, sample = postgresql.classify_error(exc), postgresql.describe_error(exc)
+            kind, sample = self.driver.classify_error(exc), self.driver.describe_error(exc)
         self.done[q] += 1
         self.errors[q] += 1
         kinds = self.errors_by_kind[q]
@@ -485,14 +487,14 @@ class _Shard:
         Every failed attempt counts as one more failed execution of the query that was being
         retried, so an unreachable SUT keeps raising the error rate that failure detection reads.
         """
-        user.conn.terminate()
+        self.driver.terminate(user.conn)
         backoff_s, backoff_max_s = RECONNECT_BACKOFF_S
         while self.issuing:
             await asyncio.sleep(backoff_s)
             if not self.issuing:
                 return
             try:
-                conn = await postgresql.connect(self.spec.target)
+                conn = await self.driver.connect(self.spec.target)
             except SutError as exc:
                 self._count_error(
                     q, _SessionLost(f"reconnect failed: {exc}"), time.perf_counter_ns()
@@ -591,8 +593,10 @@ class _Shard:
                 self.late[q] += 1
             try:
                 if statement is None:
-                    statement = user.statements[q] = await user.conn.prepare(self.sqls[q])
-                await statement.fetch(*arguments)  # type: ignore[attr-defined]
+                    statement = user.statements[q] = await self.driver.prepare(
+                        user.conn, self.sqls[q]
+                    )
+                await statement(*arguments)
             except asyncio.CancelledError:
                 if not await self._cancelled(q, user, due_ns):
                     raise
@@ -636,15 +640,14 @@ class _Shard:
             self.channel.put_nowait(message)
 
     async def _close_users(self) -> None:
-        closing = [self._close(u.conn) for u in self.users if not u.conn.is_closed()]
+        closing = [self._close(u.conn) for u in self.users if not self.driver.is_closed(u.conn)]
         await asyncio.gather(*closing, return_exceptions=True)
 
-    @staticmethod
-    async def _close(conn: asyncpg.Connection) -> None:
+    async def _close(self, conn: Any) -> None:
         try:
-            await asyncio.wait_for(conn.close(), timeout=1.0)
+            await asyncio.wait_for(self.driver.close(conn), timeout=1.0)
         except BaseException:
-            conn.terminate()
+            self.driver.terminate(conn)
 
     def _result(self, start_delay_s: float) -> ShardResult:
         is_open = self.spec.is_open

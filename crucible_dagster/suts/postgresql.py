@@ -13,6 +13,7 @@ import asyncpg
 from crucible_dagster.errors import Location, Problem, SutError, ValidationError
 from crucible_dagster.params import ParamSpec, make_generator
 from crucible_dagster.suts.base import SutIdentity, SutTarget
+from crucible_dagster.suts.driver import Execute, SutDriver
 from crucible_dagster.workload import Query
 
 
@@ -248,3 +249,41 @@ async def _close(conn: asyncpg.Connection) -> None:
         await asyncio.wait_for(conn.close(), timeout=2.0)
     except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
         conn.terminate()
+
+
+class PostgresDriver(SutDriver):
+    """PostgreSQL through asyncpg: server-side prepared statements, `$n` placeholders."""
+
+    sut_types = ("postgresql",)
+    rejections = (asyncpg.PostgresError,)
+
+    def render(self, query: Query) -> tuple[str, tuple[str, ...]]:
+        return render(query)
+
+    async def connect(self, target: SutTarget) -> asyncpg.Connection:
+        return await connect(target)
+
+    async def prepare(self, session: asyncpg.Connection, sql: str) -> Execute:
+        statement = await session.prepare(sql)
+        return statement.fetch
+
+    def session_lost(self, session: asyncpg.Connection, error: BaseException) -> bool:
+        return session.is_closed() or isinstance(error, asyncpg.InternalClientError)
+
+    def is_closed(self, session: asyncpg.Connection) -> bool:
+        return bool(session.is_closed())
+
+    async def close(self, session: asyncpg.Connection) -> None:
+        await _close(session)
+
+    def terminate(self, session: asyncpg.Connection) -> None:
+        session.terminate()
+
+    def classify_error(self, error: BaseException) -> str:
+        return classify_error(error)
+
+    def describe_error(self, error: BaseException) -> str:
+        return describe_error(error)
+
+    async def preflight(self, target: SutTarget, queries: Sequence[WorkloadQuery]) -> None:
+        await preflight(target, queries)

@@ -41,3 +41,27 @@ def test_run_refuses_what_this_version_cannot_do(
 
 def test_the_demo_plan_passes_the_run_checks(crucible_home: Path, tmp_path: Path) -> None:
     checked(tmp_path, DEMO)
+
+
+def test_a_cql_workload_is_refused_on_a_sql_sut(crucible_home: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "plans"
+    (folder / "workloads").mkdir(parents=True)
+    cql = "-- @type: cql\n-- @name: read_user\nSELECT * FROM users WHERE id = 1;\n"
+    (folder / "workloads" / "tpch_postgresql.cql").write_text(cql)
+    (folder / "p.yaml").write_text(DEMO)
+
+    with pytest.raises(RunError) as raised:
+        check_run(open_run(load_plan(folder / "p.yaml"), get_settings()))
+
+    message = str(raised.value)
+    assert message.startswith(str(folder / "workloads" / "tpch_postgresql.cql"))
+    assert "a cql workload cannot run on postgresql, which takes sql workloads" in message
+
+
+def test_the_engine_names_the_sut_types_it_drives() -> None:
+    from crucible_dagster.errors import SutError
+    from crucible_dagster.suts.driver import driver_for, supported_sut_types
+
+    assert "postgresql" in supported_sut_types()
+    with pytest.raises(SutError, match="no driver for cassandra yet; it drives postgresql"):
+        driver_for("cassandra")

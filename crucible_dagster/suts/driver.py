@@ -1,0 +1,95 @@
+"""What the native engine needs of a SUT family, and which family serves which SUT type.
+
+A driver opens sessions, prepares statements and says what a failure means. The engine holds
+sessions and statements as opaque objects: a prepared statement is an awaitable callable that
+takes the query's arguments and runs it to its last row, so the hot loop makes one call per
+execution whatever the SUT.
+"""
+
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, ClassVar
+
+from crucible_dagster.errors import SutError
+from crucible_dagster.suts.base import SutTarget
+from crucible_dagster.workload import Query
+
+Execute = Callable[..., Awaitable[object]]
+
+
+class SutDriver(ABC):
+    """One SUT family's native driver."""
+
+    sut_types: ClassVar[tuple[str, ...]]
+    workload_types: ClassVar[tuple[str, ...]] = ("sql",)
+    # Exceptions by which the SUT refuses a statement (syntax, unknown table...): a failed
+    # execution of that query, not a lost session.
+    rejections: ClassVar[tuple[type[BaseException], ...]]
+
+    @abstractmethod
+    def render(self, query: Query) -> tuple[str, tuple[str, ...]]:
+        """The query's SQL in the driver's placeholder syntax, and the parameter names in
+        argument order."""
+
+    @abstractmethod
+    async def connect(self, target: SutTarget) -> Any:
+        """Opens one session; raises SutError saying why it could not."""
+
+    @abstractmethod
+    async def prepare(self, session: Any, sql: str) -> Execute:
+        """Prepares `sql` on the session where the SUT supports it."""
+
+    @abstractmethod
+    def session_lost(self, session: Any, error: BaseException) -> bool:
+        """Whether `error` left the session unusable, so that it must be replaced."""
+
+    @abstractmethod
+    def is_closed(self, session: Any) -> bool: ...
+
+    @abstractmethod
+    async def close(self, session: Any) -> None:
+        """Closes the session politely, or abruptly when that does not finish at once."""
+
+    @abstractmethod
+    def terminate(self, session: Any) -> None:
+        """Drops the session at once, without waiting for the SUT."""
+
+    @abstractmethod
+    def classify_error(self, error: BaseException) -> str:
+        """The kind of a failed execution: a SQLSTATE class or the SUT's code family,
+        "timeout", "connection" or "other"."""
+
+    @abstractmethod
+    def describe_error(self, error: BaseException) -> str:
+        """A one-line sample of a failed execution, without secrets."""
+
+    @abstractmethod
+    async def preflight(self, target: SutTarget, queries: Sequence[Any]) -> None:
+        """Checks every query on the SUT without running it; raises ValidationError with
+        every rejected query located in its workload, or SutError if the SUT is unreachable."""
+
+
+def driver_for(sut_type: str) -> SutDriver:
+    """The native driver of a SUT type; SutError names the supported ones otherwise."""
+    drivers = _drivers()
+    driver = drivers.get(sut_type)
+    if driver is None:
+        raise SutError(
+            f"the native engine has no driver for {sut_type} yet; it drives "
+            f"{', '.join(sorted(drivers))}"
+        )
+    return driver
+
+
+def supported_sut_types() -> tuple[str, ...]:
+    return tuple(sorted(_drivers()))
+
+
+def _drivers() -> dict[str, SutDriver]:
+    # Imported here: each family's module imports its client library, which only a run needs.
+    from crucible_dagster.suts.postgresql import PostgresDriver
+
+    found: dict[str, SutDriver] = {}
+    for driver in (PostgresDriver(),):
+        found.update(dict.fromkeys(driver.sut_types, driver))
+    return found
