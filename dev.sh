@@ -26,12 +26,16 @@ setup() {
 }
 
 # Servers the integration tests start on loopback; their tests skip without them.
-TEST_PACKAGES="prometheus prometheus-pushgateway"
+TEST_PACKAGES="prometheus prometheus-pushgateway mariadb-server clickhouse-server"
+TEST_BINARIES="prometheus prometheus-pushgateway mariadbd mariadb-install-db clickhouse-server"
 
 install_test_servers() {
-  if command -v prometheus >/dev/null && command -v prometheus-pushgateway >/dev/null; then
-    return
-  fi
+  missing=""
+  for binary in $TEST_BINARIES; do
+    command -v "$binary" >/dev/null || PATH="$PATH:/usr/sbin" command -v "$binary" >/dev/null \
+      || missing="$missing $binary"
+  done
+  [ -z "$missing" ] && return
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
       --no-install-recommends $TEST_PACKAGES >/dev/null \

@@ -27,8 +27,8 @@ from crucible_dagster.engine import (
 )
 from crucible_dagster.engine.model import EngineParam, LoadModel
 from crucible_dagster.errors import CrucibleError, RunError, SutError
+from crucible_dagster.fixtures.loading import FixtureTableLoad
 from crucible_dagster.fixtures.manifest import FixtureManifest, read_manifest
-from crucible_dagster.fixtures.postgresql import FixtureTableLoad, load_fixture_tables
 from crucible_dagster.fixtures.refs import FixtureRef
 from crucible_dagster.fixtures.tpch import SCALES as TPCH_SCALES
 from crucible_dagster.fixtures.tpch import generate_tpch
@@ -266,13 +266,13 @@ def load_fixtures(
         if on_materialized is not None:
             on_materialized(manifest)
     _check_lease(run)
-    reports = postgresql_fixture_load(run, tables)
+    reports = sut_fixture_load(run, tables)
     run.fixtures = reports
     loaded = sum(1 for r in reports if r.action == "loaded")
     run.say("fixtures ready: %d loaded, %d already there", loaded, len(reports) - loaded)
 
 
-def postgresql_fixture_load(run: PlanRun, tables: list[FixtureTable]) -> list[FixtureLoadRecord]:
+def sut_fixture_load(run: PlanRun, tables: list[FixtureTable]) -> list[FixtureLoadRecord]:
     loads = [
         FixtureTableLoad(
             ref=FixtureRef(t.dataset, t.scale, t.table), target_table=t.target_table,
@@ -280,7 +280,10 @@ def postgresql_fixture_load(run: PlanRun, tables: list[FixtureTable]) -> list[Fi
         )
         for t in tables
     ]  # fmt: skip
-    reports = asyncio.run(load_fixture_tables(run.target(), run.storage, loads, run_id=run.run_id))
+    driver = driver_for(run.sut.sut_type)
+    reports = asyncio.run(
+        driver.load_fixture_tables(run.target(), run.storage, loads, run_id=run.run_id)
+    )
     return [
         FixtureLoadRecord(
             table=r.table,

@@ -11,6 +11,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar
 
 from crucible_dagster.errors import SutError
+from crucible_dagster.fixtures.loading import FixtureTableLoad, TableLoadReport
+from crucible_dagster.storage import Storage
 from crucible_dagster.suts.base import SutTarget
 from crucible_dagster.workload import Query
 
@@ -67,6 +69,19 @@ class SutDriver(ABC):
     async def preflight(self, target: SutTarget, queries: Sequence[Any]) -> None:
         """Checks every query on the SUT without running it; raises ValidationError with
         every rejected query located in its workload, or SutError if the SUT is unreachable."""
+
+    @abstractmethod
+    async def load_fixture_tables(
+        self,
+        target: SutTarget,
+        storage: Storage,
+        loads: Sequence[FixtureTableLoad],
+        *,
+        run_id: str | None = None,
+    ) -> list[TableLoadReport]:
+        """Loads fixture tables from storage in bounded memory, creating the target database if
+        it is missing; skips tables already holding the same data version (see
+        `fixtures.loading`)."""
 
 
 def driver_for(sut_type: str) -> SutDriver:

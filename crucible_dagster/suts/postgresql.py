@@ -11,7 +11,10 @@ from typing import Protocol
 import asyncpg
 
 from crucible_dagster.errors import Location, Problem, SutError, ValidationError
+from crucible_dagster.fixtures import postgresql as fixture_loader
+from crucible_dagster.fixtures.loading import FixtureTableLoad, TableLoadReport
 from crucible_dagster.params import ParamSpec, make_generator
+from crucible_dagster.storage import Storage
 from crucible_dagster.suts.base import SutIdentity, SutTarget
 from crucible_dagster.suts.driver import Execute, SutDriver
 from crucible_dagster.workload import Query
@@ -287,3 +290,13 @@ class PostgresDriver(SutDriver):
 
     async def preflight(self, target: SutTarget, queries: Sequence[WorkloadQuery]) -> None:
         await preflight(target, queries)
+
+    async def load_fixture_tables(
+        self,
+        target: SutTarget,
+        storage: Storage,
+        loads: Sequence[FixtureTableLoad],
+        *,
+        run_id: str | None = None,
+    ) -> list[TableLoadReport]:
+        return await fixture_loader.load_fixture_tables(target, storage, loads, run_id=run_id)
