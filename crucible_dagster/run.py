@@ -36,7 +36,7 @@ from crucible_dagster.lease import Heartbeat, Lease, LeaseHolder, LeaseStore
 from crucible_dagster.params import ColumnParam, sample_column
 from crucible_dagster.plan import FixtureTable, LoadedPlan, resolve_workloads
 from crucible_dagster.plan.loading import text_without_secrets
-from crucible_dagster.plan.models import Execution
+from crucible_dagster.plan.models import Execution, TlsOptions
 from crucible_dagster.results import (
     FixtureLoadRecord,
     QueryResult,
@@ -60,7 +60,7 @@ from crucible_dagster.results.thresholds import (
 from crucible_dagster.results.thresholds import verdict as judge
 from crucible_dagster.settings import Settings
 from crucible_dagster.storage import Storage, storage_from_url
-from crucible_dagster.suts.base import SutIdentity, SutTarget, sut_identity
+from crucible_dagster.suts.base import SutIdentity, SutTarget, TlsSettings, sut_identity
 from crucible_dagster.suts.driver import driver_for, supported_sut_types
 from crucible_dagster.workload import QueryParam, Workload
 
@@ -162,7 +162,19 @@ class PlanRun:
             password=SecretStr(info.password.reveal()),
             connect_timeout_s=info.connect_timeout.seconds,
             statement_timeout_s=info.statement_timeout.seconds,
+            tls=self._tls(info.tls_options()),
         )
+
+    def _tls(self, options: TlsOptions | None) -> TlsSettings | None:
+        if options is None:
+            return None
+        folder = Path(self.loaded.source).parent
+
+        def path(name: str | None) -> str | None:
+            return None if name is None else str(folder / Path(name).expanduser())
+
+        return TlsSettings(path(options.ca_file), options.verify, path(options.cert_file),
+                           path(options.key_file))  # fmt: skip
 
 
 def open_run(

@@ -41,6 +41,8 @@ _TAGGED_MEMBERS: dict[str, Any] = {
     _UNION_TAGS["dataset"]: models.FixtureGroup,
     "rule": models.ThresholdRule,
     "text": str,
+    "options": models.TlsOptions,
+    "flag": bool,
 }
 
 
@@ -309,7 +311,7 @@ def _data_path(data: Any, loc: tuple[Any, ...]) -> FieldPath:
     current = data
     path: list[str | int] = []
     for index, part in enumerate(loc):
-        if part in _UNION_TAGS.values():
+        if part in _UNION_TAGS.values() or part in _TAGGED_MEMBERS:
             continue
         in_dict = isinstance(current, dict) and part in current
         in_list = isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current)

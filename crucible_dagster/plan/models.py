@@ -99,6 +99,28 @@ class TestMetadata(PlanModel):
     run_label: str
 
 
+class TlsOptions(PlanModel):
+    """TLS to the SUT; files are paths, relative ones from the plan's folder."""
+
+    enabled: bool = True
+    ca_file: NonEmptyStr | None = None
+    verify: bool = True
+    cert_file: NonEmptyStr | None = None
+    key_file: NonEmptyStr | None = None
+
+    @model_validator(mode="after")
+    def _key_with_cert(self) -> "TlsOptions":
+        if self.key_file is not None and self.cert_file is None:
+            raise rules_error([("key_file", "key_file needs cert_file (the client certificate)")])
+        return self
+
+
+TlsEntry = Annotated[
+    Annotated[bool, Tag("flag")] | Annotated[TlsOptions, Tag("options")],
+    Discriminator(lambda value: "flag" if isinstance(value, bool) else "options"),
+]
+
+
 class ClusterInfo(PlanModel):
     """How to reach a SUT that already exists ("bring your own")."""
 
@@ -109,6 +131,13 @@ class ClusterInfo(PlanModel):
     s3_region: NonEmptyStr | None = None
     connect_timeout: Duration = Duration("10s")
     statement_timeout: Duration = Duration("60s")
+    # `true` for TLS with the system's authorities, or the options.
+    tls: TlsEntry = False
+
+    def tls_options(self) -> TlsOptions | None:
+        if isinstance(self.tls, bool):
+            return TlsOptions() if self.tls else None
+        return self.tls if self.tls.enabled else None
 
     @model_validator(mode="after")
     def _timeouts_positive(self) -> "ClusterInfo":

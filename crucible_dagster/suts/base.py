@@ -2,6 +2,7 @@
 
 import hashlib
 import re
+import ssl
 from dataclasses import dataclass, field
 
 from pydantic import SecretStr
@@ -94,14 +95,40 @@ def sut_identity(sut_type: str, host: str, port: int | None, database: str) -> S
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """TLS to the SUT. With `verify`, the server's certificate must chain to `ca_file` (or to the
+    system's authorities) and name the host; `cert_file` and `key_file` give a client
+    certificate."""
+
+    ca_file: str | None = None
+    verify: bool = True
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    def context(self) -> ssl.SSLContext:
+        """The client's SSLContext; an unreadable file is an OSError naming it."""
+        context = ssl.create_default_context(cafile=self.ca_file)
+        if not self.verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if self.cert_file is not None:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        return context
+
+
+@dataclass(frozen=True)
 class SutTarget:
-    """How to connect to a SUT. The password is a secret: it never prints or logs."""
+    """How to connect to a SUT. The password is a secret: it never prints or logs.
+
+    `tls` None means a plain connection.
+    """
 
     identity: SutIdentity
     user: str
     password: SecretStr = field(default_factory=lambda: SecretStr(""))
     connect_timeout_s: float = 10.0
     statement_timeout_s: float = 60.0
+    tls: TlsSettings | None = None
 
     @property
     def host(self) -> str:

@@ -5,6 +5,7 @@ import datetime
 import decimal
 import random
 import socket
+import ssl
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -86,6 +87,7 @@ async def connect(target: SutTarget, *, database: str | None = None) -> asyncpg.
     if database is not None:
         identity = SutIdentity(identity.sut_type, identity.host, identity.port, database)
     timeout_ms = max(int(target.statement_timeout_s * 1000), 0)
+    tls = tls_context(target)
     try:
         return await asyncpg.connect(
             host=identity.host,
@@ -94,6 +96,7 @@ async def connect(target: SutTarget, *, database: str | None = None) -> asyncpg.
             password=target.password.get_secret_value() or None,
             database=identity.database,
             timeout=target.connect_timeout_s,
+            ssl=tls,
             server_settings={
                 "statement_timeout": str(timeout_ms),
                 "application_name": "crucible",
@@ -104,6 +107,21 @@ async def connect(target: SutTarget, *, database: str | None = None) -> asyncpg.
         if error is None:
             raise
         raise error from None
+
+
+def tls_context(target: SutTarget) -> ssl.SSLContext | None:
+    """The TLS context the target asks for; a CA or certificate file that cannot be read is a
+    SutError naming it."""
+    if target.tls is None:
+        return None
+    try:
+        return target.tls.context()
+    except (OSError, ssl.SSLError) as exc:
+        detail = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
+        raise SutError(
+            f"{target.identity.key}: cannot use the TLS files of cluster_info.tls "
+            f"({target.tls.ca_file or target.tls.cert_file}): {detail}"
+        ) from None
 
 
 def connect_error(
@@ -121,6 +139,13 @@ def connect_error(
         return SutError(f"{key}: the server refused user '{user}': {_server_message(exc)}")
     if isinstance(exc, asyncpg.TooManyConnectionsError):
         return SutError(f"{key}: the server accepts no more connections: {_server_message(exc)}")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return SutError(f"{key}: the server's TLS certificate was not accepted: "
+                        f"{exc.verify_message or exc.reason}")  # fmt: skip
+    if isinstance(exc, ssl.SSLError):
+        return SutError(f"{key}: the TLS handshake failed: {exc.reason or exc}")
+    if isinstance(exc, ConnectionError) and "rejected SSL upgrade" in str(exc):
+        return SutError(f"{key}: the server does not accept TLS, which cluster_info.tls asks for")
     if isinstance(exc, TimeoutError):
         return SutError(f"cannot reach {key}: no answer within {timeout_s:g}s")
     if isinstance(exc, ConnectionRefusedError):

@@ -544,3 +544,27 @@ def test_chaos_timeline_that_fits_exactly_is_accepted() -> None:
 
 def test_invalid_nested_chaos_spec_rejects_the_plan() -> None:
     assert problems_of(plan_data(chaos_spec={"engine": "chaos-mesh"}))
+
+
+def test_tls_is_off_unless_asked_and_true_means_the_systems_authorities() -> None:
+    from crucible_dagster.plan.models import ClusterInfo
+
+    base = {"host": "db", "username": "u", "password": "p"}
+
+    assert ClusterInfo.model_validate(base).tls_options() is None
+    options = ClusterInfo.model_validate(base | {"tls": True}).tls_options()
+    assert options is not None and options.ca_file is None and options.verify
+    off = ClusterInfo.model_validate(base | {"tls": {"enabled": False, "ca_file": "ca.crt"}})
+    assert off.tls_options() is None
+
+
+def test_tls_key_file_without_a_certificate_is_an_error() -> None:
+    data = plan_data()
+    data["test_environment"]["component_spec"]["cluster_info"]["tls"] = {"key_file": "c.key"}
+
+    problems = problems_of(data)
+
+    assert [p.field for p in problems] == [
+        "test_environment.component_spec.cluster_info.tls.key_file"
+    ]
+    assert "key_file needs cert_file" in problems[0].message

@@ -65,3 +65,21 @@ def test_the_engine_names_the_sut_types_it_drives() -> None:
     assert "postgresql" in supported_sut_types()
     with pytest.raises(SutError, match="no driver for cassandra yet; it drives postgresql"):
         driver_for("cassandra")
+
+
+def test_tls_files_are_found_from_the_plans_folder(
+    crucible_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CRUCIBLE_DEMO_PG_PASSWORD", "x")
+    tls = "      tls: {ca_file: certs/ca.crt, cert_file: /etc/client.crt, key_file: client.key}\n"
+    text = DEMO.replace("      username: postgres\n", "      username: postgres\n" + tls)
+    assert text != DEMO
+    (tmp_path / "p.yaml").write_text(text)
+
+    target = open_run(load_plan(tmp_path / "p.yaml"), get_settings()).target()
+
+    assert target.tls is not None
+    assert target.tls.ca_file == str(tmp_path / "certs" / "ca.crt")
+    assert target.tls.cert_file == "/etc/client.crt"
+    assert target.tls.key_file == str(tmp_path / "client.key")
+    assert target.tls.verify is True
