@@ -29,8 +29,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-errors = Console(stderr=True)
+# No emoji codes: `:name:` in a message (a query parameter, a table) must print as written.
+console = Console(emoji=False)
+errors = Console(stderr=True, emoji=False)
 
 # Exit codes: k6's 99 for thresholds not met (and load aborted), 1 for a failed run,
 # 2 for bad input.
@@ -91,7 +92,13 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Runs a plan in this process (no daemon) against the SUT the plan names."""
+    from crucible_dagster.plan import validate_plan_file
+
     with _user_errors():
+        # A mistake in the plan or its workloads is bad input (exit 2), found before any run.
+        problems = validate_plan_file(plan, _storage_or_none())
+        if problems:
+            raise ValidationError(problems)
         result = _run_plan(plan, quiet=as_json)
     _show(result, as_json)
     raise typer.Exit(_exit_code(result))
@@ -217,7 +224,7 @@ def _progress_bar(quiet: bool, plan: str, planned_s: float) -> Iterator[None]:
     if quiet:
         yield
         return
-    terminal = Console(file=os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1))
+    terminal = Console(file=os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1), emoji=False)
     columns = [
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -256,16 +263,21 @@ def _show(result: Result, as_json: bool, *, with_plan_text: bool = False) -> Non
         sys.stdout.write(json.dumps(document) + "\n")
         return
     table = Table(title=f"{result.plan} · {result.run_id}", title_justify="left")
-    for column in ("query", "count", "errors", "QPS", "p50 ms", "p95 ms", "p99 ms", "max ms"):
+    is_open = result.load_model != "closed"
+    columns = ["query", "count", "errors", "QPS", "p50 ms", "p95 ms", "p99 ms", "max ms"]
+    if is_open:
+        # Open models: latency from the intended start (what thresholds judge) and dropped starts.
+        columns += ["latency p95 ms", "latency p99 ms", "dropped"]
+    for column in columns:
         table.add_column(column, justify="left" if column == "query" else "right")
     rows = [*result.queries, *([result.total] if result.total else [])]
     for q in rows:
         style = "bold" if q.name == "total" else None
-        table.add_row(
-            q.name, str(q.count), str(q.errors), f"{q.qps:.2f}",
-            *(_ms(v) for v in (q.p50_ms, q.p95_ms, q.p99_ms, q.max_ms)),
-            style=style,
-        )  # fmt: skip
+        cells = [q.name, str(q.count), str(q.errors), f"{q.qps:.2f}"]
+        cells += [_ms(v) for v in (q.p50_ms, q.p95_ms, q.p99_ms, q.max_ms)]
+        if is_open:
+            cells += [_ms(q.latency_p95_ms), _ms(q.latency_p99_ms), str(q.dropped)]
+        table.add_row(*cells, style=style)
     if rows:
         console.print(table)
     verdict = result.verdict.value if result.verdict else "none"
@@ -274,8 +286,11 @@ def _show(result: Result, as_json: bool, *, with_plan_text: bool = False) -> Non
         console.print(escape(f"aborted: {result.abort_reason}"), highlight=False)
     for failed in result.failed_thresholds:
         console.print(f"[red]threshold failed[/red] {escape(failed)}", highlight=False)
+    for problem in result.delivery_errors:
+        errors.print(f"[yellow]warning[/yellow] {escape(problem)}", highlight=False, soft_wrap=True)
     if result.error:
-        errors.print(f"[red]error[/red] {escape(result.error)}", highlight=False, soft_wrap=True)
+        for line in result.error.splitlines():
+            errors.print(f"[red]error[/red] {escape(line)}", highlight=False, soft_wrap=True)
 
 
 def _ms(value: float | None) -> str:

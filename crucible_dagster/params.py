@@ -20,6 +20,7 @@ import string
 import tempfile
 from collections.abc import Callable, Sequence
 from datetime import date, datetime
+from decimal import Decimal
 from typing import Annotated, Any, Literal, NoReturn
 
 import yaml
@@ -419,6 +420,9 @@ def _load_yaml(name: str, body: str, offset: int) -> dict[str, object]:
             f"{column} of the mapping); expected e.g. {_EXAMPLE.replace('cust', name, 1)}",
             where,
         ) from None
+    except ValueError as error:
+        # PyYAML reads 1992-13-01 as a date and fails building it.
+        raise ParamError(f"parameter {name!r}: {error} (a date is YYYY-MM-DD)", offset) from None
     if not isinstance(data, dict):
         raise ParamError(
             f"parameter {name!r}: expected a mapping such as "
@@ -635,11 +639,23 @@ def _float_generator(spec: FloatParam, rnd: Callable[[], float]) -> Callable[[],
     if spec.digits is None:
         return draw
     digits = spec.digits
-    lowest, highest = _rounded_bounds(spec.range, digits)
+    step = Decimal(1).scaleb(-digits)
+    lowest, highest = (
+        round(Decimal(bound) / step) * step for bound in _rounded_bounds(spec.range, digits)
+    )
+    # Exact decimals: a float such as 0.03 would reach a NUMERIC column as 0.0299999...
+    if spec.distribution == "uniform":
+        first = int(lowest / step)
+        count = int(highest / step) - first + 1
 
-    # Rounding could step just outside the range; the nearest rounded value inside it is used.
-    def rounded() -> float:
-        value = round(draw(), digits)
+        def on_grid() -> object:
+            # Every value of the grid, both ends included, equally often.
+            return (first + int(rnd() * count)) * step
+
+        return on_grid
+
+    def rounded() -> object:
+        value = Decimal(repr(draw())).quantize(step)
         return lowest if value < lowest else highest if value > highest else value
 
     return rounded

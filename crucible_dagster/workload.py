@@ -228,6 +228,7 @@ class _BlockReader:
         self.dialect = dialect
         self.problem = problem
         self.seen: dict[str, int] = {}
+        self.invalid_params: set[str] = set()
 
     def read(
         self, marker: _Marker, following: list[_Marker], source: str, workload_id: str
@@ -235,6 +236,7 @@ class _BlockReader:
         problem = self.problem
         name = marker.value
         end = following[0].line - 1 if following else len(self.lines)
+        self.invalid_params = set()
         if not name:
             return None  # reported by _check_markers
         if not QUERY_NAME.match(name):
@@ -300,6 +302,8 @@ class _BlockReader:
             except ParamError as error:
                 column = marker.value_column + (error.offset or 0)
                 self.problem(f"query {name!r}: {error.message}", marker.line, column)
+                # Declared, if badly: its uses are not reported as undeclared as well.
+                self.invalid_params.add(marker.value.split("{", 1)[0].strip())
                 continue
             if param_name in params:
                 self.problem(
@@ -325,7 +329,7 @@ class _BlockReader:
         text_lines[0] = text_lines[0].lstrip()
         text_lines[-1] = text_lines[-1].rstrip()
         sql = "\n".join(text_lines)
-        if not params:
+        if not params and not self.invalid_params:
             return sql, ()
         found: list[tuple[int, int, str]] = []
         _scan(body, self.dialect, placeholders=found)
@@ -335,6 +339,8 @@ class _BlockReader:
         declared = {p.name for p in params}
         placeholders: list[Placeholder] = []
         for line_index, column, used_name in found:
+            if used_name in self.invalid_params:
+                continue
             if used_name not in declared:
                 close = difflib.get_close_matches(used_name, sorted(declared), n=1)
                 hint = f"; did you mean ':{close[0]}'?" if close else ""

@@ -2,7 +2,7 @@
 
 The Debian config is copied and rewritten: every path moves under the work directory, every
 port is a free one, the server listens on 127.0.0.1 only, and the users file holds one user
-with a password (plus `default`, restricted to loopback, without one).
+with a password, allowed from 127.0.0.1 only.
 """
 
 import contextlib
@@ -129,13 +129,12 @@ def _write_users(work_dir: Path, password: str) -> None:
     assert section is not None
     for element in list(section):
         section.remove(element)
-    for name, secret in ((CH_USER, password), ("default", "")):
-        user = ET.SubElement(section, name)
-        ET.SubElement(user, "password").text = secret
-        networks = ET.SubElement(user, "networks")
-        ET.SubElement(networks, "ip").text = "127.0.0.1"
-        ET.SubElement(user, "profile").text = "default"
-        ET.SubElement(user, "quota").text = "default"
+    user = ET.SubElement(section, CH_USER)
+    ET.SubElement(user, "password").text = password
+    networks = ET.SubElement(user, "networks")
+    ET.SubElement(networks, "ip").text = "127.0.0.1"
+    ET.SubElement(user, "profile").text = "default"
+    ET.SubElement(user, "quota").text = "default"
     path = work_dir / "users.xml"
     ET.ElementTree(users).write(path)
     path.chmod(0o600)

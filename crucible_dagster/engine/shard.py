@@ -414,6 +414,9 @@ class _Shard:
                 continue
             except Exception as exc:
                 await self._failed(q, user, exc, started)
+                # An error raised before any I/O (an argument the driver cannot encode) never
+                # yields: without this the loop would starve the controller and never stop.
+                await asyncio.sleep(0)
                 continue
             ended = clock()
             user.sent_ns = 0

@@ -129,12 +129,14 @@ def parse_plan(text: str, *, source: str, name: str) -> LoadedPlan:
 
 
 class _PlanLoader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 booleans: `yes`, `no`, `on` and `off` stay text."""
+    """SafeLoader with YAML 1.2 booleans (`yes`, `no`, `on` and `off` stay text) and no
+    timestamps: no plan field is a date, and `2020-13-45` must be text, not a crash."""
 
 
 _BOOL_TAG = "tag:yaml.org,2002:bool"
+_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 _PlanLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL_TAG]
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_BOOL_TAG, _TIMESTAMP_TAG)]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _PlanLoader.add_implicit_resolver(

@@ -102,9 +102,11 @@ def supported_sut_types() -> tuple[str, ...]:
 
 def _drivers() -> dict[str, SutDriver]:
     # Imported here: each family's module imports its client library, which only a run needs.
+    from crucible_dagster.suts.clickhouse import ClickHouseDriver
+    from crucible_dagster.suts.mysql import MysqlDriver
     from crucible_dagster.suts.postgresql import PostgresDriver
 
     found: dict[str, SutDriver] = {}
-    for driver in (PostgresDriver(),):
+    for driver in (PostgresDriver(), MysqlDriver(), ClickHouseDriver()):
         found.update(dict.fromkeys(driver.sut_types, driver))
     return found

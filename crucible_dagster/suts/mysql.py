@@ -18,7 +18,6 @@ import asyncmy
 from asyncmy import errors as my_errors
 
 from crucible_dagster.errors import Location, Problem, SutError, ValidationError
-from crucible_dagster.fixtures import mysql as fixture_loader
 from crucible_dagster.fixtures.loading import FixtureTableLoad, TableLoadReport
 from crucible_dagster.params import ParamSpec, make_generator
 from crucible_dagster.storage import Storage
@@ -130,7 +129,7 @@ class ServerFlavour:
             return f"SET SESSION max_statement_time = {seconds:.6g}"
         if self.name == "mysql":
             # MySQL applies max_execution_time to read-only SELECTs only.
-            return f"SET SESSION max_execution_time = {int(round(seconds * 1000))}"
+            return f"SET SESSION max_execution_time = {round(seconds * 1000)}"
         # Limitation: Doris and StarRocks take whole seconds in query_timeout, and have no
         # "unlimited" value, so 0 becomes a day. Not run against a real server here.
         whole = math.ceil(seconds) if seconds > 0 else 86_400
@@ -168,13 +167,18 @@ def preflight_statements(
 
 
 async def connect(
-    target: SutTarget, *, database: str | None = None, statement_timeout: bool = True
+    target: SutTarget,
+    *,
+    database: str | None = None,
+    statement_timeout: bool = True,
+    statement_cache: int = 0,
 ) -> asyncmy.Connection:
     """Opens one autocommit session with the target's timeouts; failures become a SutError.
 
     The server-side statement timeout comes from `target.statement_timeout_s` (0 disables it):
     `max_statement_time` on MariaDB, `max_execution_time` on MySQL, `query_timeout` on
-    Doris and StarRocks. `database=""` connects without a default database.
+    Doris and StarRocks. `database=""` connects without a default database. A
+    `statement_cache` above 0 lets asyncmy prepare parameterised statements server-side.
     """
     identity = target.identity
     name = identity.database if database is None else database
@@ -188,7 +192,7 @@ async def connect(
                 database=name or None,
                 connect_timeout=max(1, math.ceil(target.connect_timeout_s)),
                 autocommit=True,
-                local_infile=True,
+                stmt_cache_size=statement_cache,
                 program_name="crucible",
             ),
             timeout=target.connect_timeout_s,
@@ -311,14 +315,14 @@ async def prepare(session: asyncmy.Connection, sql: str) -> Execute:
 
 
 def error_code(exc: BaseException) -> int | None:
-    args = getattr(exc, "args", ())
+    args: tuple[object, ...] = getattr(exc, "args", ())
     if args and isinstance(args[0], int):
         return args[0]
     return None
 
 
 def server_message(exc: BaseException) -> str:
-    args = getattr(exc, "args", ())
+    args: tuple[object, ...] = getattr(exc, "args", ())
     if len(args) >= 2 and isinstance(args[1], str):
         return args[1]
     return str(exc)
@@ -465,4 +469,7 @@ class MysqlDriver(SutDriver):
         *,
         run_id: str | None = None,
     ) -> list[TableLoadReport]:
+        # Imported here: the loader imports this module for its sessions.
+        from crucible_dagster.fixtures import mysql as fixture_loader
+
         return await fixture_loader.load_fixture_tables(target, storage, loads, run_id=run_id)

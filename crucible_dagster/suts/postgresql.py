@@ -62,6 +62,17 @@ _ACCEPTS: dict[str, tuple[type, ...]] = {
     **dict.fromkeys(("date", "timestamp", "timestamptz"), (datetime.date,)),
     "bool": (bool,),
 }
+_INTEGER_BITS = {"int2": 16, "int4": 32, "int8": 64}
+# The cast that makes PostgreSQL infer the type of a parameter's own values.
+_CASTS: dict[type, str] = {
+    int: "bigint",
+    float: "float8",
+    decimal.Decimal: "numeric",
+    str: "text",
+    bool: "boolean",
+    datetime.date: "date",
+    datetime.datetime: "timestamp",
+}
 _PYTHON_NAMES = {
     int: "integer",
     float: "float",
@@ -193,15 +204,30 @@ def _argument_problems(query: WorkloadQuery, types: Sequence[object]) -> list[Pr
         accepted = _ACCEPTS.get(type_name)
         if accepted is None:
             continue
+        here = Location(query.source, query.line)
         wrong = [v for v in _sample_values(param) if not _accepts(accepted, v)]
         if wrong:
-            given = _PYTHON_NAMES.get(type(wrong[0]), type(wrong[0]).__name__)
+            given = type(wrong[0])
+            cast = _CASTS.get(given, "text")
             message = (
-                f"query '{query.name}': parameter :{param.name} gives {given} values, but "
-                f"PostgreSQL expects {type_name} there; cast it in the SQL (such as "
-                f":{param.name}::{type_name}) or declare another parameter type"
+                f"query '{query.name}': parameter :{param.name} gives "
+                f"{_PYTHON_NAMES.get(given, given.__name__)} values, but PostgreSQL expects "
+                f"{type_name} there; cast it in the SQL (:{param.name}::{cast}) or declare "
+                "another parameter type"
             )
-            problems.append(Problem(Location(query.source, query.line), message, field=query.name))
+            problems.append(Problem(here, message, field=query.name))
+            continue
+        bits = _INTEGER_BITS.get(type_name)
+        span = getattr(param.spec, "range", None)
+        if bits is not None and isinstance(span, tuple) and all(isinstance(v, int) for v in span):
+            lowest, highest = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+            if span[0] < lowest or span[1] > highest:
+                message = (
+                    f"query '{query.name}': parameter :{param.name} ranges over "
+                    f"[{span[0]}, {span[1]}], but PostgreSQL's {type_name} there holds "
+                    f"{lowest}..{highest}; narrow the range or cast it (:{param.name}::numeric)"
+                )
+                problems.append(Problem(here, message, field=query.name))
     return problems
 
 
@@ -252,6 +278,8 @@ def describe_error(exc: BaseException) -> str:
 def _rejection(target: SutTarget, query: WorkloadQuery, exc: asyncpg.PostgresError) -> Problem:
     message = f"query '{query.name}' was rejected by {target.identity.key}: "
     message += _server_message(exc)
+    if 'at or near ":"' in message:
+        message += " (a ':name' is a parameter only where a '-- @param:' line declares it)"
     position = _error_line(query.sql, getattr(exc, "position", None))
     if position is not None:
         message += f" (line {position} of the query)"

@@ -2,6 +2,7 @@
 
 import asyncio
 from collections import Counter
+from dataclasses import replace
 
 import asyncpg
 import pytest
@@ -179,5 +180,44 @@ def test_a_parameter_of_the_wrong_type_fails_preflight_with_its_location(
     assert (problem.location.file, problem.location.line) == ("w.sql", 2)
     assert problem.message == (
         "query 'mismatch': parameter :n gives integer values, but PostgreSQL expects text "
-        "there; cast it in the SQL (such as :n::text) or declare another parameter type"
+        "there; cast it in the SQL (:n::bigint) or declare another parameter type"
     )
+
+
+def test_an_integer_range_beyond_the_inferred_type_fails_preflight(
+    postgres: LocalPostgres, pg_database: str
+) -> None:
+    text = (
+        "-- @type: sql\n-- @name: wide\n-- @param: n {type: int, range: [1, 3000000000]}\n"
+        "SELECT :n::int\n"
+    )
+
+    with pytest.raises(ValidationError) as caught:
+        asyncio.run(postgresql.preflight(target(postgres, pg_database), engine_queries(text)))
+
+    [problem] = caught.value.problems
+    assert "ranges over [1, 3000000000], but PostgreSQL's int4 there holds" in problem.message
+
+
+def test_the_suggested_cast_makes_the_query_acceptable(
+    postgres: LocalPostgres, pg_database: str
+) -> None:
+    text = "-- @type: sql\n-- @name: fixed\n-- @param: n {type: int, range: [1, 9]}\n"
+    text += "SELECT 1 WHERE '1' = :n::bigint::text\n"
+
+    asyncio.run(postgresql.preflight(target(postgres, pg_database), engine_queries(text)))
+
+
+def test_an_argument_the_driver_cannot_encode_is_counted_and_the_run_still_ends(
+    postgres: LocalPostgres, pg_database: str
+) -> None:
+    text = "-- @type: sql\n-- @name: huge\n"
+    text += "-- @param: n {type: int, range: [1, 99999999999999999999]}\nSELECT :n::numeric\n"
+    queries = [replace(q, sql="SELECT $1::int8") for q in engine_queries(text)]
+    shape = LoadShape(concurrency=1, hold_for_s=1.0, seed=1, graceful_stop_s=1.0)
+
+    measurement = run_load(target(postgres, pg_database), queries, shape)
+
+    [huge] = measurement.queries
+    assert measurement.duration_s == pytest.approx(1.0, abs=0.05)
+    assert huge.errors > 0

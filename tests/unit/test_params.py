@@ -5,6 +5,7 @@ import tracemalloc
 from collections import Counter
 from collections.abc import Callable
 from datetime import date
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -253,8 +254,8 @@ def test_param_error_is_a_value_error_and_a_crucible_error() -> None:
         ),
         (
             "a {type: float, range: [0.001, 0.999], digits: 2}",
-            float,
-            lambda v: 0.01 <= v <= 0.99 and round(v, 2) == v,
+            Decimal,
+            lambda v: Decimal("0.01") <= v <= Decimal("0.99") and v == v.quantize(Decimal("0.01")),
         ),
         ("a {type: float, range: [3, 3]}", float, lambda v: v == 3.0),
         (
@@ -518,3 +519,21 @@ def euler_maclaurin_harmonic(n: int, s: float, exact_terms: int = 1000) -> float
 def test_zipfian_rejects_invalid_arguments(n: int, s: float) -> None:
     with pytest.raises(ValueError, match="zipfian"):
         Zipfian(n, s)
+
+
+def test_decimal_grid_values_are_exact_and_cover_both_ends_equally() -> None:
+    _, spec = parse_param("d {type: float, range: [0.0, 0.1], digits: 2}")
+    make = make_generator(spec, random.Random(4))
+
+    counts = Counter(make() for _ in range(55_000))
+
+    assert set(counts) == {Decimal(k).scaleb(-2) for k in range(11)}
+    assert str(min(counts)) == "0.00" and str(max(counts)) == "0.10"
+    assert max(counts.values()) / min(counts.values()) < 1.15
+
+
+def test_an_impossible_date_is_a_parameter_error_not_a_crash() -> None:
+    with pytest.raises(ParamError) as raised:
+        parse_param("d {type: date, range: [1992-13-01, 1998-01-01]}")
+
+    assert "month must be in 1..12 (a date is YYYY-MM-DD)" in raised.value.message

@@ -568,3 +568,14 @@ def test_tls_key_file_without_a_certificate_is_an_error() -> None:
         "test_environment.component_spec.cluster_info.tls.key_file"
     ]
     assert "key_file needs cert_file" in problems[0].message
+
+
+@pytest.mark.parametrize("label", ["2020-13-45", "2020-12-01", "2020-12-01 10:00:00"])
+def test_date_like_text_in_a_plan_stays_text(label: str) -> None:
+    text = yaml.safe_dump(plan_data(), sort_keys=False).replace(
+        "run_label: smoke", f"run_label: {label}"
+    )
+
+    loaded = parse_plan(text, source="p.yaml", name="smoke")
+
+    assert loaded.plan.test_metadata.run_label == label

@@ -26,7 +26,7 @@ def checked(tmp_path: Path, text: str) -> None:
     [
         ("executor: native", "executor: k6", "use executor: native"),
         ("scaling_mode: intra_node", "scaling_mode: inter_node", "use scaling_mode: intra_node"),
-        ("type: postgresql", "type: mariadb", "'mariadb' has no native adapter"),
+        ("type: postgresql", "type: cassandra", "'cassandra' has no native adapter"),
         ('scale: "0.01"', 'scale: "0.05"', "choose one of 0.01, 0.1, 1, 10"),
     ],
 )
@@ -63,7 +63,7 @@ def test_the_engine_names_the_sut_types_it_drives() -> None:
     from crucible_dagster.suts.driver import driver_for, supported_sut_types
 
     assert "postgresql" in supported_sut_types()
-    with pytest.raises(SutError, match="no driver for cassandra yet; it drives postgresql"):
+    with pytest.raises(SutError, match=r"no driver for cassandra yet; it drives .*postgresql"):
         driver_for("cassandra")
 
 

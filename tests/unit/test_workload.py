@@ -536,3 +536,12 @@ def test_undecodable_workload_file_points_at_the_bad_byte(tmp_path: Path) -> Non
     problem = caught.value.problems[0]
     assert (problem.location.line, problem.location.column) == (3, 9)
     assert "not valid utf-8" in problem.message
+
+
+def test_a_badly_declared_parameter_is_reported_once_not_also_as_undeclared() -> None:
+    text = "-- @type: sql\n-- @name: A\n-- @param: b {type: int, range: [5, 1]}\nSELECT :b + :b\n"
+
+    messages = problems(text)
+
+    assert len(messages) == 1
+    assert messages[0].startswith("query 'A': parameter 'b': range must be")
