@@ -400,7 +400,8 @@ class _Shard:
         while self.issuing:
             q = choose()
             statement = user.statements[q]
-            arguments = [make() for make in makers[q]]
+            make_arguments = makers[q]
+            arguments = [make() for make in make_arguments] if make_arguments else ()
             started = user.sent_ns = clock()
             try:
                 if statement is None:
