@@ -67,7 +67,7 @@ def _threshold_target_problems(loaded: LoadedPlan, query_names: list[str]) -> li
     problems = []
     for target in loaded.plan.execution.thresholds:
         if target != TOTAL and target not in query_names:
-            close = difflib.get_close_matches(target, query_names, n=1)
+            close = difflib.get_close_matches(target, [*query_names, TOTAL], n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             message = (f"thresholds name {target!r}, which is no query of the plan's workloads "
                        f"and not 'total'{hint}")  # fmt: skip

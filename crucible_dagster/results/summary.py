@@ -117,4 +117,8 @@ def _total(queries: Sequence[QueryMeasurement], window_s: float) -> QueryResult:
         latency_histogram=merged_latency,
         dropped=sum(q.dropped for q in queries),
         late=sum(q.late for q in queries),
+        # The first query's sample stands for the run, named so a reader knows where it is from.
+        first_error=next(
+            (f"{q.name}: {q.first_error}" for q in queries if q.first_error is not None), None
+        ),
     )

@@ -253,3 +253,11 @@ def test_seed_must_be_a_whole_number(tmp_path: Path) -> None:
 
     assert len(problems) == 1
     assert problems[0].location.line == 14
+
+
+def test_a_miscased_total_threshold_suggests_total(tmp_path: Path) -> None:
+    path = write_choice_plan(tmp_path, "  thresholds: {Total: ['qps>1']}\n")
+
+    [problem] = validate_plan_file(path)
+
+    assert problem.message.endswith("and not 'total'; did you mean 'total'?")

@@ -112,3 +112,13 @@ def test_run_id_is_plan_utc_minute_and_eight_hex() -> None:
     run_id = mint_run_id("demo_tpch", datetime(2026, 12, 3, 9, 7, 59, tzinfo=UTC))
     assert re.fullmatch(r"demo_tpch_20261203-0907_[0-9a-f]{8}", run_id)
     assert run_id != mint_run_id("demo_tpch", datetime(2026, 12, 3, 9, 7, 59, tzinfo=UTC))
+
+
+def test_total_carries_the_first_error_sample_with_its_query() -> None:
+    failing = _query("b", [1000] * 5, errors=2)
+    failing.first_error = "22012: division by zero"
+
+    _, total = summarise(_measurement(_query("a", [1000] * 5), failing))
+
+    assert total is not None
+    assert total.first_error == "b: 22012: division by zero"
