@@ -131,18 +131,28 @@ def results(
 
 
 @app.command()
-def demo() -> None:
+def demo(
+    keep_server: Annotated[
+        bool, typer.Option("--keep-server", help="Leave the demo's PostgreSQL running.")
+    ] = False,
+) -> None:
     """Starts PostgreSQL, makes the TPC-H fixture, loads it and runs plans/demo_tpch.yaml."""
     from crucible_dagster.demo import run_demo
 
     with _user_errors():
-        result = run_demo(console, run_plan=_run_plan)
+        result, server = run_demo(console, run_plan=_run_plan, keep_server=keep_server)
     _show(result, as_json=False)
     console.print(
         "\nSee it in Dagster: [bold].venv/bin/dagster dev -w workspace.yaml[/bold] "
         f"(the Dagster instance is {os.environ.get('DAGSTER_HOME')})",
         highlight=False,
     )
+    if server is not None:
+        console.print(
+            f"PostgreSQL keeps running on 127.0.0.1:{server.port} for crucible run; stop it "
+            f"with: kill {server.pid}",
+            highlight=False,
+        )
     raise typer.Exit(_exit_code(result))
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 
 from crucible_dagster.errors import CrucibleError
-from crucible_dagster.local_postgres import port_is_free, start_local_postgres
+from crucible_dagster.local_postgres import LocalPostgres, port_is_free, start_local_postgres
 from crucible_dagster.results import Result
 from crucible_dagster.settings import PROJECT_ROOT, get_settings
 
@@ -18,8 +18,11 @@ PASSWORD_VARIABLE = "CRUCIBLE_DEMO_PG_PASSWORD"
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
-def run_demo(console: Console, *, run_plan: Callable[[Path], Result]) -> Result:
-    """Runs the whole demo and stops the PostgreSQL server it started."""
+def run_demo(
+    console: Console, *, run_plan: Callable[[Path], Result], keep_server: bool = False
+) -> tuple[Result, LocalPostgres | None]:
+    """Runs the whole demo and stops the PostgreSQL server it started, unless `keep_server`:
+    then the running server is returned with the result."""
     import dagster as dg
 
     from crucible_dagster.defs.fixtures import tpch_fixture
@@ -62,9 +65,14 @@ def run_demo(console: Console, *, run_plan: Callable[[Path], Result]) -> Result:
                 if not outcome.success:
                     raise CrucibleError(f"the TPC-H fixture at scale {scale} failed to build")
         console.print(f"running {plan_path.relative_to(PROJECT_ROOT)}", highlight=False)
-        return run_plan(plan_path)
-    finally:
+        result = run_plan(plan_path)
+    except BaseException:
         server.stop()
+        raise
+    if keep_server:
+        return result, server
+    server.stop()
+    return result, None
 
 
 def _remembered_password(home: Path) -> str:
