@@ -14,16 +14,16 @@ import random
 import re
 from collections.abc import AsyncIterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 
 from crucible_dagster.errors import Location, Problem, SutError, ValidationError
 from crucible_dagster.fixtures.loading import FixtureTableLoad, TableLoadReport
-from crucible_dagster.params import ParamSpec, make_generator
+from crucible_dagster.params import make_generator
 from crucible_dagster.storage import Storage
 from crucible_dagster.suts.base import SutTarget
-from crucible_dagster.suts.driver import Execute, SutDriver
+from crucible_dagster.suts.driver import Execute, QueryParameter, SutDriver, WorkloadQuery
 from crucible_dagster.workload import Query
 
 # ClickHouse 18.16 has no server-side query parameters (`{name:Type}` came in 19.x), so the
@@ -54,32 +54,6 @@ _POSITION = re.compile(r"failed at position (\d+)")
 _LEADING_NOISE = re.compile(r"\A(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?\*/|\()*", re.DOTALL)
 _FIRST_WORD = re.compile(r"[A-Za-z]+")
 _MESSAGE_MAX = 300
-
-
-class QueryParameter(Protocol):
-    """What preflight needs of a parameter (the engine's EngineParam has these fields)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def spec(self) -> ParamSpec: ...
-    @property
-    def values(self) -> tuple[object, ...] | None: ...
-
-
-class WorkloadQuery(Protocol):
-    """What preflight needs of a query (the engine's EngineQuery has these fields)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def sql(self) -> str: ...
-    @property
-    def source(self) -> str: ...
-    @property
-    def line(self) -> int: ...
-    @property
-    def params(self) -> Sequence[QueryParameter]: ...
 
 
 class ClickHouseError(Exception):

@@ -8,15 +8,42 @@ execution whatever the SUT.
 
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from crucible_dagster.errors import SutError
 from crucible_dagster.fixtures.loading import FixtureTableLoad, TableLoadReport
+from crucible_dagster.params import ParamSpec
 from crucible_dagster.storage import Storage
 from crucible_dagster.suts.base import SutTarget
 from crucible_dagster.workload import Query
 
 Execute = Callable[..., Awaitable[object]]
+
+
+class QueryParameter(Protocol):
+    """What a preflight needs of a parameter (the engine's EngineParam has these fields)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def spec(self) -> ParamSpec: ...
+    @property
+    def values(self) -> tuple[object, ...] | None: ...
+
+
+class WorkloadQuery(Protocol):
+    """What a preflight needs of a query (the engine's EngineQuery has these fields)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def sql(self) -> str: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def line(self) -> int: ...
+    @property
+    def params(self) -> Sequence[QueryParameter]: ...
 
 
 class SutDriver(ABC):

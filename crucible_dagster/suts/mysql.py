@@ -12,17 +12,16 @@ import random
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import asyncmy
 from asyncmy import errors as my_errors
 
 from crucible_dagster.errors import Location, Problem, SutError, ValidationError
 from crucible_dagster.fixtures.loading import FixtureTableLoad, TableLoadReport
-from crucible_dagster.params import ParamSpec, make_generator
+from crucible_dagster.params import make_generator
 from crucible_dagster.storage import Storage
 from crucible_dagster.suts.base import SutIdentity, SutTarget
-from crucible_dagster.suts.driver import Execute, SutDriver
+from crucible_dagster.suts.driver import Execute, SutDriver, WorkloadQuery
 from crucible_dagster.workload import Query
 
 SUT_TYPES = ("mysql", "mariadb", "doris", "starrocks")
@@ -42,32 +41,6 @@ UNPREPARABLE_CODE = 1295
 
 _CLOSE_TIMEOUT_S = 2.0
 _PREFLIGHT_STATEMENT = "crucible_check"
-
-
-class QueryParameter(Protocol):
-    """What preflight needs of a parameter (the engine's EngineParam has these fields)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def spec(self) -> ParamSpec: ...
-    @property
-    def values(self) -> tuple[object, ...] | None: ...
-
-
-class WorkloadQuery(Protocol):
-    """What preflight needs of a query (the engine's EngineQuery has these fields)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def sql(self) -> str: ...
-    @property
-    def source(self) -> str: ...
-    @property
-    def line(self) -> int: ...
-    @property
-    def params(self) -> Sequence[QueryParameter]: ...
 
 
 # -- statements ---------------------------------------------------------------------------------

@@ -7,44 +7,17 @@ import random
 import socket
 import ssl
 from collections.abc import Sequence
-from typing import Protocol
 
 import asyncpg
 
 from crucible_dagster.errors import Location, Problem, SutError, ValidationError
 from crucible_dagster.fixtures import postgresql as fixture_loader
 from crucible_dagster.fixtures.loading import FixtureTableLoad, TableLoadReport
-from crucible_dagster.params import ParamSpec, make_generator
+from crucible_dagster.params import make_generator
 from crucible_dagster.storage import Storage
 from crucible_dagster.suts.base import SutIdentity, SutTarget
-from crucible_dagster.suts.driver import Execute, SutDriver
+from crucible_dagster.suts.driver import Execute, QueryParameter, SutDriver, WorkloadQuery
 from crucible_dagster.workload import Query
-
-
-class QueryParameter(Protocol):
-    """What preflight needs of a parameter (the engine's EngineParam has these fields)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def spec(self) -> ParamSpec: ...
-    @property
-    def values(self) -> tuple[object, ...] | None: ...
-
-
-class WorkloadQuery(Protocol):
-    """What preflight needs of a query (the engine's EngineQuery has these fields)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def sql(self) -> str: ...
-    @property
-    def source(self) -> str: ...
-    @property
-    def line(self) -> int: ...
-    @property
-    def params(self) -> Sequence[QueryParameter]: ...
 
 
 def render(query: Query) -> tuple[str, tuple[str, ...]]:
