@@ -25,6 +25,7 @@ from crucible_dagster.suts import clickhouse as driver_module
 from crucible_dagster.suts.base import SutTarget, sut_identity
 from crucible_dagster.suts.driver import driver_for
 from tests import servers_clickhouse
+from tests.integration import test_plan_job as plan_job_tests
 from tests.servers_clickhouse import CH_PASSWORD, ClickHouseServer
 
 pytestmark = pytest.mark.integration
@@ -268,37 +269,11 @@ SELECT count() FROM orders WHERE o_totalprice > :floor
 
 
 def write_plan(folder: Path, name: str, *, port: int, database: str) -> Path:
-    (folder / "workloads").mkdir(parents=True, exist_ok=True)
-    (folder / "workloads" / "ch.sql").write_text(CH_WORKLOAD)
-    path = folder / f"{name}.yaml"
-    path.write_text(f"""\
-test_metadata:
-  run_label: {name}
-test_environment:
-  env_type: long-lived
-  target_db: {database}
-  component_spec:
-    type: clickhouse
-    cluster_info:
-      host: 127.0.0.1
-      port: {port}
-      username: {servers_clickhouse.CH_USER}
-      password: {{env: CRUCIBLE_TEST_CH_PASSWORD}}
-  fixtures:
-    - {{fixture_id: tpch/sf0.01/region, table: region}}
-    - {{fixture_id: tpch/sf0.01/nation, table: nation}}
-    - {{fixture_id: tpch/sf0.01/orders, table: orders}}
-execution:
-  executor: native
-  scaling_mode: intra_node
-  concurrency: 2
-  ramp_up: 0s
-  hold_for: 2s
-  graceful_stop: 5s
-  workload:
-    - workload_id: ch
-""")
-    return path
+    return plan_job_tests.write_plan(
+        folder, name, port=port, database=database, workload=CH_WORKLOAD, workload_id="ch",
+        sut_type="clickhouse", username=servers_clickhouse.CH_USER,
+        password_env="CRUCIBLE_TEST_CH_PASSWORD", tables=("region", "nation", "orders"),
+    )  # fmt: skip
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from crucible_dagster.fixtures.refs import FixtureRef
 from crucible_dagster.run import RUN_ID_TAG, mint_run_id
 from crucible_dagster.settings import get_settings
 from crucible_dagster.storage import LocalStorage, storage_from_url
+from tests.integration import test_plan_job as plan_job_tests
 from tests.servers_mariadb import MARIADB_PASSWORD, MariaDB, mariadb, my_database
 
 pytestmark = pytest.mark.integration
@@ -175,36 +176,10 @@ SELECT n_name FROM nation WHERE n_nationkey = :key AND n_name LIKE '%';
 
 
 def write_plan(folder: Path, name: str, *, port: int, database: str) -> Path:
-    (folder / "workloads").mkdir(parents=True, exist_ok=True)
-    (folder / "workloads" / "small.sql").write_text(WORKLOAD)
-    path = folder / f"{name}.yaml"
-    path.write_text(f"""\
-test_metadata:
-  run_label: {name}
-test_environment:
-  env_type: long-lived
-  target_db: {database}
-  component_spec:
-    type: mariadb
-    cluster_info:
-      host: 127.0.0.1
-      port: {port}
-      username: root
-      password: {{env: CRUCIBLE_TEST_MARIADB_PASSWORD}}
-  fixtures:
-    - {{fixture_id: tpch/sf0.01/region, table: region}}
-    - {{fixture_id: tpch/sf0.01/nation, table: nation}}
-execution:
-  executor: native
-  scaling_mode: intra_node
-  concurrency: 2
-  ramp_up: 0s
-  hold_for: 2s
-  graceful_stop: 5s
-  workload:
-    - workload_id: small
-""")
-    return path
+    return plan_job_tests.write_plan(
+        folder, name, port=port, database=database, workload=WORKLOAD, sut_type="mariadb",
+        username="root", password_env="CRUCIBLE_TEST_MARIADB_PASSWORD",
+    )  # fmt: skip
 
 
 @pytest.fixture

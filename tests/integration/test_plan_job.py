@@ -32,9 +32,15 @@ SELECT n_name FROM nation WHERE n_nationkey = 7;
 def write_plan(
     folder: Path, name: str, *, port: int, database: str, workload: str = WORKLOAD,
     workload_id: str = "small", hold_for: str = "2s", extra: str = "",
+    sut_type: str = "postgresql", username: str = "postgres",
+    password_env: str = "CRUCIBLE_TEST_PG_PASSWORD", tables: tuple[str, ...] = ("region", "nation"),
 ) -> Path:  # fmt: skip
+    """A plan against a SUT on loopback that loads TPC-H sf0.01 `tables` and runs `workload`."""
     (folder / "workloads").mkdir(parents=True, exist_ok=True)
     (folder / "workloads" / f"{workload_id}.sql").write_text(workload)
+    fixtures = "".join(
+        f"    - {{fixture_id: tpch/sf0.01/{table}, table: {table}}}\n" for table in tables
+    )
     path = folder / f"{name}.yaml"
     path.write_text(f"""\
 test_metadata:
@@ -43,16 +49,14 @@ test_environment:
   env_type: long-lived
   target_db: {database}
   component_spec:
-    type: postgresql
+    type: {sut_type}
     cluster_info:
       host: 127.0.0.1
       port: {port}
-      username: postgres
-      password: {{env: CRUCIBLE_TEST_PG_PASSWORD}}
+      username: {username}
+      password: {{env: {password_env}}}
   fixtures:
-    - {{fixture_id: tpch/sf0.01/region, table: region}}
-    - {{fixture_id: tpch/sf0.01/nation, table: nation}}
-execution:
+{fixtures}execution:
   executor: native
   scaling_mode: intra_node
   concurrency: 2
