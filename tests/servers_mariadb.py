@@ -90,10 +90,14 @@ def mariadb_available() -> bool:
 
 
 def start_mariadb(
-    base_dir: Path, password: str = MARIADB_PASSWORD, timeout_s: float = 30.0
+    base_dir: Path,
+    password: str = MARIADB_PASSWORD,
+    timeout_s: float = 30.0,
+    extra_args: tuple[str, ...] = (),
 ) -> MariaDB:
     """Initialises a datadir under `base_dir`, starts mariadbd on a free loopback port and sets
-    the root password; the server accepts TCP on 127.0.0.1 only."""
+    the root password; the server accepts TCP on 127.0.0.1 only. `extra_args` are more server
+    options (`--ssl-cert=...`)."""
     base_dir = base_dir.resolve()
     data_dir = base_dir / "data"
     base_dir.mkdir(parents=True, exist_ok=True)
@@ -133,6 +137,7 @@ def start_mariadb(
         "--innodb-buffer-pool-size=128M",
         # Durability does not matter for a throwaway test server; load speed does.
         "--innodb-flush-log-at-trx-commit=2",
+        *extra_args,
     ]
     process = subprocess.Popen(
         args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True

@@ -23,7 +23,13 @@ from crucible_dagster.fixtures.loading import FixtureTableLoad, TableLoadReport
 from crucible_dagster.params import make_generator
 from crucible_dagster.storage import Storage
 from crucible_dagster.suts.base import SutTarget
-from crucible_dagster.suts.driver import Execute, QueryParameter, SutDriver, WorkloadQuery
+from crucible_dagster.suts.driver import (
+    Execute,
+    QueryParameter,
+    SutDriver,
+    WorkloadQuery,
+    tls_context,
+)
 from crucible_dagster.workload import Query
 
 # ClickHouse 18.16 has no server-side query parameters (`{name:Type}` came in 19.x), so the
@@ -191,8 +197,11 @@ def make_client(
     timeout = httpx.Timeout(
         connect=target.connect_timeout_s, read=read_timeout_s, write=read_timeout_s, pool=None
     )
+    # With TLS the interface is HTTPS (ClickHouse's https_port), checked like any TLS server.
+    scheme = "https" if target.tls is not None else "http"
     return httpx.AsyncClient(
-        base_url=f"http://{_url_host(target.host)}:{target.port}",
+        base_url=f"{scheme}://{_url_host(target.host)}:{target.port}",
+        verify=tls_context(target) or True,
         auth=httpx.BasicAuth(target.user, target.password.get_secret_value()),
         params=params,
         timeout=timeout,

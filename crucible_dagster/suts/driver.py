@@ -6,6 +6,7 @@ takes the query's arguments and runs it to its last row, so the hot loop makes o
 execution whatever the SUT.
 """
 
+import ssl
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, Protocol
@@ -109,6 +110,21 @@ class SutDriver(ABC):
         """Loads fixture tables from storage in bounded memory, creating the target database if
         it is missing; skips tables already holding the same data version (see
         `fixtures.loading`)."""
+
+
+def tls_context(target: SutTarget) -> ssl.SSLContext | None:
+    """The TLS context the target asks for; a CA or certificate file that cannot be read is a
+    SutError naming it."""
+    if target.tls is None:
+        return None
+    try:
+        return target.tls.context()
+    except (OSError, ssl.SSLError) as exc:
+        detail = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
+        raise SutError(
+            f"{target.identity.key}: cannot use the TLS files of cluster_info.tls "
+            f"({target.tls.ca_file or target.tls.cert_file}): {detail}"
+        ) from None
 
 
 def driver_for(sut_type: str) -> SutDriver:

