@@ -61,8 +61,8 @@ from crucible_dagster.results.thresholds import verdict as judge
 from crucible_dagster.settings import Settings
 from crucible_dagster.storage import Storage, storage_from_url
 from crucible_dagster.suts.base import SutIdentity, SutTarget, TlsSettings, sut_identity
-from crucible_dagster.suts.driver import driver_for, supported_sut_types
-from crucible_dagster.workload import QueryParam, Workload
+from crucible_dagster.suts.driver import SutDriver, driver_for, supported_sut_types
+from crucible_dagster.workload import Query, QueryParam, Workload
 
 RUN_ID_TAG = "crucible/run-id"
 PLAN_TAG = "crucible/plan"
@@ -360,24 +360,28 @@ def engine_queries(run: PlanRun) -> list[EngineQuery]:
     queries = []
     for workload in run.workloads:
         for query in workload.queries:
-            sql, order = driver.render(query)
-            declared = {p.name: p for p in query.params}
-            params = tuple(
-                EngineParam(name, declared[name].spec, _column_sample(run, declared[name]))
-                for name in order
-            )
             weight = weights.get(query.name, query.weight)
             queries.append(
-                EngineQuery(
-                    name=query.name,
-                    sql=sql,
-                    source=query.source,
-                    line=query.line,
-                    weight=1.0 if weight is None else weight,
-                    params=params,
-                )
-            )
+                engine_query(query, driver, 1.0 if weight is None else weight,
+                             lambda param: _column_sample(run, param))
+            )  # fmt: skip
     return queries
+
+
+def engine_query(
+    query: Query,
+    driver: SutDriver,
+    weight: float,
+    sample: Callable[[QueryParam], tuple[object, ...] | None] = lambda _: None,
+) -> EngineQuery:
+    """One workload query as the engine runs it on `driver`'s SUT; `sample` gives a column
+    parameter's values."""
+    sql, order = driver.render(query)
+    names = list(dict.fromkeys(order))
+    declared = {p.name: p for p in query.params}
+    params = tuple(EngineParam(name, declared[name].spec, sample(declared[name])) for name in names)
+    positions = None if len(names) == len(order) else tuple(names.index(n) for n in order)
+    return EngineQuery(query.name, sql, query.source, query.line, weight, params, positions)
 
 
 def _column_sample(run: PlanRun, param: QueryParam) -> tuple[object, ...] | None:

@@ -18,7 +18,7 @@ RANDOM = "random"
 SEQUENCE = "sequence"
 
 Chooser = Callable[[], int]
-ArgumentMakers = tuple[Callable[[], object], ...]
+Arguments = Callable[[], list[object]]
 
 
 def query_chooser(
@@ -57,12 +57,25 @@ def query_chooser(
     return weighted
 
 
-def argument_makers(queries: Sequence[EngineQuery], rng: random.Random) -> list[ArgumentMakers]:
-    """Per query, one value generator per parameter, in argument order."""
-    return [
-        tuple(make_generator(param.spec, rng, param.values) for param in query.params)
-        for query in queries
-    ]
+def argument_makers(queries: Sequence[EngineQuery], rng: random.Random) -> list[Arguments | None]:
+    """Per query, a function making one execution's arguments (None for a query without
+    parameters). Each parameter draws one value per execution, however often the SQL uses it."""
+    return [_arguments(query, rng) for query in queries]
+
+
+def _arguments(query: EngineQuery, rng: random.Random) -> Arguments | None:
+    makers = tuple(make_generator(param.spec, rng, param.values) for param in query.params)
+    if not makers:
+        return None
+    positions = query.positions
+    if positions is None:
+        return lambda: [make() for make in makers]
+
+    def by_position() -> list[object]:
+        values = [make() for make in makers]
+        return [values[index] for index in positions]
+
+    return by_position
 
 
 def statements(
@@ -75,5 +88,6 @@ def statements(
     sent = []
     for _ in range(count):
         q = choose()
-        sent.append((queries[q].name, tuple(make() for make in makers[q])))
+        make = makers[q]
+        sent.append((queries[q].name, tuple(make()) if make is not None else ()))
     return sent

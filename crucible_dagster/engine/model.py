@@ -27,8 +27,7 @@ class EngineParam:
 @dataclass(frozen=True)
 class EngineQuery:
     """One workload query: its name, SQL text ready for the SUT's driver (placeholders in its
-    syntax), where it was written (file and line), its weight and its parameters in argument
-    order."""
+    syntax), where it was written (file and line), its weight and its parameters."""
 
     name: str
     sql: str
@@ -36,6 +35,9 @@ class EngineQuery:
     line: int
     weight: float = 1.0
     params: tuple[EngineParam, ...] = ()
+    # Positional drivers take one argument per occurrence: the index into `params` of each
+    # argument, so a parameter used twice sends one value twice. None: one argument per param.
+    positions: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -401,7 +401,7 @@ class _Shard:
             q = choose()
             statement = user.statements[q]
             make_arguments = makers[q]
-            arguments = [make() for make in make_arguments] if make_arguments else ()
+            arguments = make_arguments() if make_arguments is not None else ()
             started = user.sent_ns = clock()
             try:
                 if statement is None:
@@ -543,7 +543,8 @@ class _Shard:
             # The query and its arguments are chosen at the start, so a dropped start is
             # counted against its query and the stream of statements does not depend on timing.
             q = choose()
-            self._start(q, due_ns, [make() for make in makers[q]])
+            make_arguments = makers[q]
+            self._start(q, due_ns, make_arguments() if make_arguments is not None else [])
 
     def _start(self, q: int, due_ns: int, arguments: list[object]) -> None:
         if self.idle:

@@ -10,7 +10,6 @@ import asyncio
 import datetime
 import decimal
 import math
-import random
 import re
 from collections.abc import AsyncIterable, Sequence
 from dataclasses import dataclass
@@ -20,14 +19,13 @@ import httpx
 
 from crucible_dagster.errors import Location, Problem, SutError, ValidationError
 from crucible_dagster.fixtures.loading import FixtureTableLoad, TableLoadReport
-from crucible_dagster.params import make_generator
 from crucible_dagster.storage import Storage
 from crucible_dagster.suts.base import SutTarget
 from crucible_dagster.suts.driver import (
     Execute,
-    QueryParameter,
     SutDriver,
     WorkloadQuery,
+    sample_arguments,
     tls_context,
 )
 from crucible_dagster.workload import Query
@@ -348,7 +346,7 @@ async def preflight(target: SutTarget, queries: Sequence[WorkloadQuery]) -> None
     try:
         for query in queries:
             try:
-                sql = substitute(query.sql, [_sample_value(p) for p in query.params])
+                sql = substitute(query.sql, sample_arguments(query))
             except (TypeError, ValueError) as exc:
                 problems.append(_problem(query, f"its parameters cannot be sent: {exc}"))
                 continue
@@ -399,15 +397,6 @@ def _is_select(sql: str) -> bool:
     rest = sql[_LEADING_NOISE.match(sql).end() :]  # type: ignore[union-attr]
     word = _FIRST_WORD.match(rest)
     return word is not None and word.group(0).upper() in ("SELECT", "WITH")
-
-
-def _sample_value(param: QueryParameter) -> object:
-    if param.values:
-        return param.values[0]
-    choices = getattr(param.spec, "values", None)
-    if isinstance(choices, list) and choices:
-        return choices[0]
-    return make_generator(param.spec, random.Random(0))()
 
 
 def _problem(query: WorkloadQuery, message: str) -> Problem:

@@ -6,6 +6,7 @@ takes the query's arguments and runs it to its last row, so the hot loop makes o
 execution whatever the SUT.
 """
 
+import random
 import ssl
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
@@ -13,7 +14,7 @@ from typing import Any, ClassVar, Protocol
 
 from crucible_dagster.errors import SutError
 from crucible_dagster.fixtures.loading import FixtureTableLoad, TableLoadReport
-from crucible_dagster.params import ParamSpec
+from crucible_dagster.params import ParamSpec, make_generator
 from crucible_dagster.storage import Storage
 from crucible_dagster.suts.base import SutTarget
 from crucible_dagster.workload import Query
@@ -45,6 +46,26 @@ class WorkloadQuery(Protocol):
     def line(self) -> int: ...
     @property
     def params(self) -> Sequence[QueryParameter]: ...
+    @property
+    def positions(self) -> tuple[int, ...] | None: ...
+
+
+def sample_arguments(query: WorkloadQuery) -> list[object]:
+    """One plausible argument list for a query, for checks that must send values: a column
+    parameter's first value, a choice's first value, else the first value of a fixed seed."""
+    values = [_sample_value(param) for param in query.params]
+    if query.positions is None:
+        return values
+    return [values[index] for index in query.positions]
+
+
+def _sample_value(param: QueryParameter) -> object:
+    if param.values:
+        return param.values[0]
+    choices = getattr(param.spec, "values", None)
+    if isinstance(choices, list) and choices:
+        return choices[0]
+    return make_generator(param.spec, random.Random(0))()
 
 
 class SutDriver(ABC):

@@ -8,7 +8,6 @@ session variables and in how a query is checked before load; both are marked whe
 
 import asyncio
 import math
-import random
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,10 +17,15 @@ from asyncmy import errors as my_errors
 
 from crucible_dagster.errors import Location, Problem, SutError, ValidationError
 from crucible_dagster.fixtures.loading import FixtureTableLoad, TableLoadReport
-from crucible_dagster.params import make_generator
 from crucible_dagster.storage import Storage
 from crucible_dagster.suts.base import SutIdentity, SutTarget
-from crucible_dagster.suts.driver import Execute, SutDriver, WorkloadQuery, tls_context
+from crucible_dagster.suts.driver import (
+    Execute,
+    SutDriver,
+    WorkloadQuery,
+    sample_arguments,
+    tls_context,
+)
 from crucible_dagster.workload import Query
 
 SUT_TYPES = ("mysql", "mariadb", "doris", "starrocks")
@@ -375,13 +379,7 @@ async def preflight(target: SutTarget, queries: Sequence[WorkloadQuery]) -> None
 
 
 def _sample_args(query: WorkloadQuery) -> tuple[object, ...]:
-    samples = []
-    for param in query.params:
-        if param.values:
-            samples.append(param.values[0])
-        else:
-            samples.append(make_generator(param.spec, random.Random(0))())
-    return tuple(samples)
+    return tuple(sample_arguments(query))
 
 
 def _rejection(target: SutTarget, query: WorkloadQuery, exc: BaseException) -> Problem:

@@ -315,3 +315,28 @@ def test_plan_job_loads_tpch_fixtures_and_runs_to_a_passed_verdict(
     assert CH_PASSWORD not in json.dumps(result)
     for run in instance.get_runs():
         assert all(CH_PASSWORD not in str(r) for r in instance.all_logs(run.run_id))
+
+
+def test_a_parameter_used_twice_sends_one_value_to_both_places(
+    clickhouse: ClickHouseServer, ch_database: str
+) -> None:
+    from crucible_dagster.run import engine_query
+    from crucible_dagster.suts.clickhouse import ClickHouseDriver
+    from crucible_dagster.workload import parse_workload
+
+    clickhouse.query("CREATE TABLE twice (a String, b String) ENGINE = Log", ch_database)
+    text = "-- @type: sql\n-- @name: twice\n-- @param: s {type: string, length: 12}\n"
+    text += "INSERT INTO twice VALUES (:s, :s)\n"
+    [query] = parse_workload(text, source="w.sql", workload_id="w").queries
+    engine = engine_query(query, ClickHouseDriver(), 1.0)
+    shape = LoadShape(concurrency=1, hold_for_s=0.5, seed=3)
+
+    run_load(_target(clickhouse, ch_database), [engine], shape)
+
+    rows = [
+        line.split("\t")
+        for line in clickhouse.query("SELECT a, b FROM twice", ch_database).splitlines()
+    ]
+    assert len(rows) > 10
+    assert all(a == b for a, b in rows)
+    assert len({a for a, _ in rows}) > 1

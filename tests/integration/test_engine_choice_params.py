@@ -10,12 +10,13 @@ from pydantic import SecretStr
 
 from crucible_dagster.engine import EngineQuery, LoadShape, run_load
 from crucible_dagster.engine.choice import statements
-from crucible_dagster.engine.model import EngineParam
 from crucible_dagster.engine.schedule import shard_seed
 from crucible_dagster.errors import ValidationError
 from crucible_dagster.local_postgres import LocalPostgres
+from crucible_dagster.run import engine_query
 from crucible_dagster.suts import postgresql
 from crucible_dagster.suts.base import SutTarget, sut_identity
+from crucible_dagster.suts.postgresql import PostgresDriver
 from crucible_dagster.workload import parse_workload
 from tests.conftest import PG_PASSWORD
 
@@ -37,16 +38,12 @@ def target(server: LocalPostgres, database: str) -> SutTarget:
 
 
 def engine_queries(text: str, weights: dict[str, float] | None = None) -> list[EngineQuery]:
-    """The queries as a run hands them to the engine (see run.engine_queries)."""
+    """The queries as a run hands them to the engine."""
     workload = parse_workload(text, source="w.sql", workload_id="w")
     queries = []
     for query in workload.queries:
-        sql, order = postgresql.render(query)
-        declared = {p.name: p for p in query.params}
-        params = tuple(EngineParam(name, declared[name].spec) for name in order)
         weight = (weights or {}).get(query.name, query.weight)
-        weight = 1.0 if weight is None else weight
-        queries.append(EngineQuery(query.name, sql, "w.sql", query.line, weight, params))
+        queries.append(engine_query(query, PostgresDriver(), 1.0 if weight is None else weight))
     return queries
 
 

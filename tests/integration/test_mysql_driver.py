@@ -205,3 +205,25 @@ def test_parameters_arrive_as_values(mariadb: MariaDB, database: str) -> None:
     assert {s for _, s, *_ in rows} <= {"O", "F", "P"}
     assert all(date(1992, 1, 1) <= d <= date(1998, 8, 2) for _, _, d, _ in rows)
     assert len({v for v, *_ in rows}) > 1
+
+
+def test_a_parameter_used_twice_sends_one_value_to_both_places(
+    mariadb: MariaDB, database: str
+) -> None:
+    from crucible_dagster.run import engine_query
+    from crucible_dagster.suts.mysql import MysqlDriver
+    from crucible_dagster.workload import parse_workload
+
+    mariadb.query(f"CREATE TABLE `{database}`.twice (a VARCHAR(20), b VARCHAR(20), n INT)")
+    text = "-- @type: sql\n-- @name: twice\n-- @param: s {type: string, length: 12}\n"
+    text += "-- @param: n {type: int, range: [1, 9]}\nINSERT INTO twice VALUES (:s, :s, :n)\n"
+    [query] = parse_workload(text, source="w.sql", workload_id="w").queries
+    engine = engine_query(query, MysqlDriver(), 1.0)
+    shape = LoadShape(concurrency=1, hold_for_s=0.5, seed=3)
+
+    run_load(mariadb.target(database), [engine], shape)
+
+    rows = mariadb.query(f"SELECT a, b, n FROM `{database}`.twice")
+    assert len(rows) > 10
+    assert all(a == b for a, b, _ in rows)
+    assert len({a for a, _, _ in rows}) > 1
