@@ -395,7 +395,10 @@ _PATTERN_TEXT = {
     "letter or digit (a name, not a path)",
     models.DATASET_PATTERN: "a dataset name such as tpch",
     models.TABLE_PATTERN: "a table name: letters, digits and underscores",
-    models.TARGET_TABLE_PATTERN: "a table name such as lineitem or bench.lineitem",
+    models.TARGET_TABLE_PATTERN: (
+        "a table name such as lineitem (a lowercase letter, then up to 62 lowercase letters, "
+        "digits or '_')"
+    ),
 }
 
 

@@ -57,7 +57,8 @@ WORKLOAD_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
 DATASET_PATTERN = r"^[a-z][a-z0-9_-]*$"
 TABLE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 # A target table may be schema-qualified: `bench.lineitem`.
-TARGET_TABLE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$"
+# The loaders' rule for the tables they create: one portable, unquoted-safe name.
+TARGET_TABLE_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 SCALE_PATTERN = r"^\d+(\.\d+)?$"
 FIXTURE_ID_PATTERN = r"^([a-z][a-z0-9_-]*)/sf(\d+(?:\.\d+)?)/([A-Za-z_][A-Za-z0-9_]*)$"
 

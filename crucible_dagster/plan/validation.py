@@ -55,6 +55,7 @@ def resolve_workloads(loaded: LoadedPlan, storage: WorkloadStorage | None = None
                     )
                 )
             first_seen.setdefault(query.name, workload)
+    problems += _workload_type_problems(loaded, workloads)
     if workloads and not problems:
         problems += _threshold_target_problems(loaded, list(first_seen))
         problems += _weight_problems(loaded, workloads)
@@ -73,6 +74,23 @@ def _threshold_target_problems(loaded: LoadedPlan, query_names: list[str]) -> li
                        f"and not 'total'{hint}")  # fmt: skip
             here = loaded.location("execution", "thresholds", target)
             problems.append(Problem(here, message, f"execution.thresholds.{target}"))
+    return problems
+
+
+# The SUT types that speak CQL; every other SUT type takes SQL workloads.
+CQL_SUT_TYPES = ("cassandra", "scylla")
+
+
+def _workload_type_problems(loaded: LoadedPlan, workloads: list[Workload]) -> list[Problem]:
+    sut_type = loaded.plan.test_environment.component_spec.type
+    takes = "cql" if sut_type in CQL_SUT_TYPES else "sql"
+    problems = []
+    for index, workload in enumerate(workloads):
+        if workload.type != takes:
+            here = loaded.location("execution", "workload", index, "workload_id")
+            message = (f"workload {workload.workload_id!r} is {workload.type}, but {sut_type} "
+                       f"takes {takes} workloads ({workload.source})")  # fmt: skip
+            problems.append(Problem(here, message, f"execution.workload[{index}].workload_id"))
     return problems
 
 

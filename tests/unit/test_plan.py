@@ -341,7 +341,7 @@ def test_invalid_prometheus_source_rejects_the_plan(source: dict[str, Any], fiel
 
 def test_fixture_id_form_and_grouped_form_normalise_to_fixture_tables() -> None:
     fixtures = [
-        {"fixture_id": "tpch/sf0.01/lineitem", "table": "bench.lineitem", "reload": "always"},
+        {"fixture_id": "tpch/sf0.01/lineitem", "table": "bench_lineitem", "reload": "always"},
         {"dataset": "tpch", "scale": 0.01, "tables": ["region", "nation"]},
         {"fixture_id": "events/sf1.0/clicks", "table": "clicks", "columns": ["id", "at"]},
     ]
@@ -352,7 +352,7 @@ def test_fixture_id_form_and_grouped_form_normalise_to_fixture_tables() -> None:
         (t.dataset, t.scale, t.table, t.target_table, t.reload, t.columns)
         for t in env.fixture_tables()
     ] == [
-        ("tpch", "0.01", "lineitem", "bench.lineitem", "always", None),
+        ("tpch", "0.01", "lineitem", "bench_lineitem", "always", None),
         ("tpch", "0.01", "region", "region", "auto", None),
         ("tpch", "0.01", "nation", "nation", "auto", None),
         ("events", "1", "clicks", "clicks", "auto", ("id", "at")),
@@ -579,3 +579,14 @@ def test_date_like_text_in_a_plan_stays_text(label: str) -> None:
     loaded = parse_plan(text, source="p.yaml", name="smoke")
 
     assert loaded.plan.test_metadata.run_label == label
+
+
+@pytest.mark.parametrize("table", ["test.region_x", "mysql.user", "Region_X", "x; drop table y"])
+def test_fixture_tables_follow_the_loaders_name_rule(table: str) -> None:
+    data = plan_data()
+    data["test_environment"]["fixtures"] = [{"fixture_id": "tpch/sf0.01/region", "table": table}]
+
+    problems = problems_of(data)
+
+    assert [p.field for p in problems] == ["test_environment.fixtures[0].table"]
+    assert "a lowercase letter, then up to 62 lowercase letters" in problems[0].message

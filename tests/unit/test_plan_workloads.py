@@ -42,12 +42,12 @@ def write_workload(folder: Path, file_name: str, text: str) -> Path:
 
 def test_workloads_resolve_from_the_plan_folder_in_plan_order(tmp_path: Path) -> None:
     write_workload(tmp_path, "reads.sql", "-- @type: sql\n-- @name: r1\nSELECT 1\n")
-    write_workload(tmp_path, "events.cql", "-- @type: cql\n-- @name: c1\nSELECT * FROM t\n")
+    write_workload(tmp_path, "events.sql", "-- @type: postgresql\n-- @name: c1\nSELECT 2\n")
     loaded = load_plan(write_plan(tmp_path, "reads", "events"))
 
     workloads = resolve_workloads(loaded)
 
-    assert [(w.workload_id, w.type) for w in workloads] == [("reads", "sql"), ("events", "cql")]
+    assert [(w.workload_id, w.type) for w in workloads] == [("reads", "sql"), ("events", "sql")]
     assert workloads[0].source == str(tmp_path / "workloads" / "reads.sql")
 
 
@@ -261,3 +261,13 @@ def test_a_miscased_total_threshold_suggests_total(tmp_path: Path) -> None:
     [problem] = validate_plan_file(path)
 
     assert problem.message.endswith("and not 'total'; did you mean 'total'?")
+
+
+def test_a_cql_workload_on_a_sql_sut_is_a_validation_problem(tmp_path: Path) -> None:
+    path = write_plan(tmp_path, "reads")
+    write_workload(tmp_path, "reads.cql", "-- @type: cql\n-- @name: r\nSELECT * FROM users;\n")
+
+    [problem] = validate_plan_file(path)
+
+    assert problem.message.startswith("workload 'reads' is cql, but postgresql takes sql workloads")
+    assert problem.field == "execution.workload[0].workload_id"

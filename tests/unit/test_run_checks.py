@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from crucible_dagster.errors import RunError
+from crucible_dagster.errors import RunError, ValidationError
 from crucible_dagster.plan import load_plan
 from crucible_dagster.run import check_run, open_run
 from crucible_dagster.settings import PROJECT_ROOT, get_settings
@@ -50,12 +50,12 @@ def test_a_cql_workload_is_refused_on_a_sql_sut(crucible_home: Path, tmp_path: P
     (folder / "workloads" / "tpch_postgresql.cql").write_text(cql)
     (folder / "p.yaml").write_text(DEMO)
 
-    with pytest.raises(RunError) as raised:
+    with pytest.raises(ValidationError) as raised:
         check_run(open_run(load_plan(folder / "p.yaml"), get_settings()))
 
-    message = str(raised.value)
-    assert message.startswith(str(folder / "workloads" / "tpch_postgresql.cql"))
-    assert "a cql workload cannot run on postgresql, which takes sql workloads" in message
+    [problem] = raised.value.problems
+    assert problem.location.file == str(folder / "p.yaml")
+    assert "is cql, but postgresql takes sql workloads" in problem.message
 
 
 def test_the_engine_names_the_sut_types_it_drives() -> None:
