@@ -30,7 +30,9 @@ class IntervalRow(NamedTuple):
     latency: dict[int, int]
 
 
-class _Merged:
+class MergedRow:
+    """Several `IntervalRow`s of one query added up: counts summed, histograms bucket by bucket."""
+
     __slots__ = ("count", "dropped", "errors", "latency", "service")
 
     def __init__(self) -> None:
@@ -57,7 +59,7 @@ class IntervalWriter:
         self.query_names = query_names
         self.reported = [-1] * shards  # the last second each shard sent
         self.finished = [False] * shards
-        self.pending: dict[int, list[_Merged]] = {}
+        self.pending: dict[int, list[MergedRow]] = {}
         self.written = 0
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file: IO[str] = path.open("w", encoding="utf-8")
@@ -65,7 +67,7 @@ class IntervalWriter:
     def add(self, shard: int, t: int, rows: list[IntervalRow]) -> None:
         merged = self.pending.get(t)
         if merged is None:
-            merged = self.pending[t] = [_Merged() for _ in self.query_names]
+            merged = self.pending[t] = [MergedRow() for _ in self.query_names]
         for bucket, row in zip(merged, rows, strict=True):
             bucket.add(row)
         self.reported[shard] = max(self.reported[shard], t)
@@ -90,7 +92,7 @@ class IntervalWriter:
             self._write(t, self.pending.pop(t))
         self._file.flush()
 
-    def _write(self, t: int, merged: list[_Merged]) -> None:
+    def _write(self, t: int, merged: list[MergedRow]) -> None:
         queries = {
             name: {
                 "count": bucket.count,

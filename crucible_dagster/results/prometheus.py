@@ -26,7 +26,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import basic_auth_handler, default_handler
 
 from crucible_dagster.engine.histogram import new_histogram
-from crucible_dagster.engine.intervals import IntervalRow
+from crucible_dagster.engine.intervals import IntervalRow, MergedRow
 from crucible_dagster.results.model import QueryResult, Result
 
 # Upper bounds in seconds; +Inf is added when the histogram is exposed.
@@ -278,25 +278,6 @@ class PrometheusPusher:
         return True
 
 
-class _PendingQuery:
-    __slots__ = ("count", "dropped", "errors", "latency", "service")
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.errors = 0
-        self.dropped = 0
-        self.service: dict[int, int] = {}
-        self.latency: dict[int, int] = {}
-
-    def add(self, row: IntervalRow) -> None:
-        self.count += row.executions
-        self.errors += row.errors
-        self.dropped += row.dropped
-        for into, counts in ((self.service, row.service), (self.latency, row.latency)):
-            for counts_index, count in counts.items():
-                into[counts_index] = into.get(counts_index, 0) + count
-
-
 class _PendingShard:
     """One shard's seconds not pushed yet, merged: at most one entry per histogram bucket."""
 
@@ -304,7 +285,7 @@ class _PendingShard:
 
     def __init__(self, queries: int) -> None:
         self.last_t_s = -1
-        self.queries = [_PendingQuery() for _ in range(queries)]
+        self.queries = [MergedRow() for _ in range(queries)]
 
     def add(self, t_s: int, rows: Sequence[IntervalRow]) -> None:
         for pending, row in zip(self.queries, rows, strict=True):
