@@ -9,7 +9,6 @@ import contextlib
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -20,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.servers_s3 import free_ports
 
 CLICKHOUSE_BIN = Path("/usr/sbin/clickhouse-server")
 DEBIAN_CONFIG_DIR = Path("/etc/clickhouse-server")
@@ -73,19 +74,6 @@ class ClickHouseServer:
             os.killpg(self.pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(self.pid, 0)
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [int(s.getsockname()[1]) for s in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def _set(root: ET.Element, tag: str, value: str) -> None:
@@ -145,7 +133,7 @@ def start_clickhouse(work_dir: Path, timeout_s: float = 30.0) -> ClickHouseServe
     work_dir.mkdir(parents=True, exist_ok=True)
     for sub in ("data", "tmp", "user_files", "format_schemas"):
         (work_dir / sub).mkdir(exist_ok=True)
-    http_port, tcp_port, interserver_port = _free_ports(3)
+    http_port, tcp_port, interserver_port = free_ports(3)
     config = _write_config(work_dir, http_port, tcp_port, interserver_port)
     _write_users(work_dir, CH_PASSWORD)
     log_path = work_dir / "stdout.log"

@@ -83,7 +83,7 @@ class S3Server:
             os.waitpid(self.pid, 0)
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
     # All sockets stay open until every port is picked, so the ports are distinct.
     sockets = []
     try:
@@ -113,7 +113,7 @@ def start_s3_server(work_dir: Path, timeout_s: float = 30.0) -> S3Server:
     config_path.write_text(json.dumps({"identities": [identity]}))
     config_path.chmod(0o600)
 
-    ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS)), strict=True))
+    ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS)), strict=True))
     args = [
         str(WEED_BIN),
         "mini",

@@ -237,15 +237,6 @@ class _BlackHoleProxy(LoopbackProxy):
         server_r: asyncio.StreamReader,
         server_w: asyncio.StreamWriter,
     ) -> None:
-        await self._pump(client_r, client_w, server_r, server_w)
-
-    async def _pump(
-        self,
-        client_r: asyncio.StreamReader,
-        client_w: asyncio.StreamWriter,
-        server_r: asyncio.StreamReader,
-        server_w: asyncio.StreamWriter,
-    ) -> None:
         async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter, drop: bool) -> None:
             while data := await r.read(65536):
                 if drop and self.swallow.is_set():
