@@ -6,6 +6,7 @@ takes the query's arguments and runs it to its last row, so the hot loop makes o
 execution whatever the SUT.
 """
 
+import importlib
 import random
 import ssl
 from abc import ABC, abstractmethod
@@ -164,13 +165,18 @@ def supported_sut_types() -> tuple[str, ...]:
     return tuple(sorted(_drivers()))
 
 
-def _drivers() -> dict[str, SutDriver]:
-    # Imported here: each family's module imports its client library, which only a run needs.
-    from crucible_dagster.suts.clickhouse import ClickHouseDriver
-    from crucible_dagster.suts.mysql import MysqlDriver
-    from crucible_dagster.suts.postgresql import PostgresDriver
+# Each family's driver as (module, class). Imported on first use: each module imports its client
+# library, which only a run needs.
+DRIVER_CLASSES: tuple[tuple[str, str], ...] = (
+    ("crucible_dagster.suts.postgresql", "PostgresDriver"),
+    ("crucible_dagster.suts.mysql", "MysqlDriver"),
+    ("crucible_dagster.suts.clickhouse", "ClickHouseDriver"),
+)
 
+
+def _drivers() -> dict[str, SutDriver]:
     found: dict[str, SutDriver] = {}
-    for driver in (PostgresDriver(), MysqlDriver(), ClickHouseDriver()):
+    for module_name, class_name in DRIVER_CLASSES:
+        driver = getattr(importlib.import_module(module_name), class_name)()
         found.update(dict.fromkeys(driver.sut_types, driver))
     return found
