@@ -36,7 +36,7 @@ from crucible_dagster.lease import Heartbeat, Lease, LeaseHolder, LeaseStore
 from crucible_dagster.params import ColumnParam, sample_column
 from crucible_dagster.plan import FixtureTable, LoadedPlan, resolve_workloads
 from crucible_dagster.plan.loading import text_without_secrets
-from crucible_dagster.plan.models import Execution, TlsOptions
+from crucible_dagster.plan.models import ClusterInfo, Execution, TlsOptions
 from crucible_dagster.results import (
     FixtureLoadRecord,
     QueryResult,
@@ -62,6 +62,7 @@ from crucible_dagster.settings import Settings
 from crucible_dagster.storage import Storage, storage_from_url
 from crucible_dagster.suts.base import SutIdentity, SutTarget, TlsSettings, sut_identity
 from crucible_dagster.suts.driver import SutDriver, driver_for, supported_sut_types
+from crucible_dagster.suts.names import EMBEDDED_SUT_TYPES
 from crucible_dagster.workload import Query, QueryParam, Workload
 
 RUN_ID_TAG = "crucible/run-id"
@@ -102,6 +103,9 @@ def plan_sut(loaded: LoadedPlan) -> SutIdentity:
     env = loaded.plan.test_environment
     spec = env.component_spec
     info = spec.cluster_info
+    if spec.type in EMBEDDED_SUT_TYPES:
+        # The database file is the SUT; it lives on the generator's machine.
+        return sut_identity(spec.type, "localhost", None, env.target_db)
     host = info.host if info is not None else spec.type
     port = info.port if info is not None else None
     return sut_identity(spec.type, host, port, env.target_db)
@@ -154,6 +158,8 @@ class PlanRun:
     def target(self) -> SutTarget:
         """Connection settings; the password is resolved here, at the last moment."""
         info = self.loaded.plan.test_environment.component_spec.cluster_info
+        if self.sut.sut_type in EMBEDDED_SUT_TYPES:
+            return self._embedded_target(info)
         if info is None:
             raise RunError(f"plan {self.plan} names no cluster_info to connect to")
         return SutTarget(
@@ -163,6 +169,24 @@ class PlanRun:
             connect_timeout_s=info.connect_timeout.seconds,
             statement_timeout_s=info.statement_timeout.seconds,
             tls=self._tls(info.tls_options()),
+        )
+
+    def _embedded_target(self, info: ClusterInfo | None) -> SutTarget:
+        """An embedded SUT's target names its database file: `target_db` as an absolute path,
+        or relative to the `databases` folder of the Crucible home."""
+        path = Path(self.loaded.plan.test_environment.target_db).expanduser()
+        if not path.is_absolute():
+            folder = self.settings.home / "databases"
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / path
+        identity = SutIdentity(self.sut.sut_type, self.sut.host, self.sut.port, str(path))
+        if info is None:
+            return SutTarget(identity=identity, user="")
+        return SutTarget(
+            identity=identity,
+            user=info.username,
+            connect_timeout_s=info.connect_timeout.seconds,
+            statement_timeout_s=info.statement_timeout.seconds,
         )
 
     def _tls(self, options: TlsOptions | None) -> TlsSettings | None:

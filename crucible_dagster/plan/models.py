@@ -31,6 +31,11 @@ from crucible_dagster.plan.thresholds import (
     ThresholdSyntaxError,
     parse_threshold,
 )
+from crucible_dagster.suts.names import (
+    EMBEDDED_SUT_TYPES,
+    SINGLE_PROCESS_SUT_TYPES,
+    database_problem,
+)
 
 SUT_TYPES = (
     "postgresql",
@@ -322,10 +327,14 @@ class TestEnvironment(PlanModel):
     @model_validator(mode="after")
     def _environment_rules(self) -> "TestEnvironment":
         problems: list[tuple[str, str]] = []
-        if self.component_spec.cluster_info is None:
+        sut_type = self.component_spec.type
+        if self.component_spec.cluster_info is None and sut_type not in EMBEDDED_SUT_TYPES:
             problems.append(
                 ("component_spec", "cluster_info is required for a long-lived environment")
             )
+        database = database_problem(sut_type, self.target_db)
+        if database is not None:
+            problems.append(("target_db", f"invalid target_db {self.target_db!r}: {database}"))
         tables = [(i, t.target_table) for i, item in enumerate(self.fixtures)
                   for t in item.fixture_tables()]  # fmt: skip
         for index, table, first in repeats(tables):
@@ -583,6 +592,16 @@ class Plan(PlanModel):
     test_environment: TestEnvironment
     execution: Execution
     chaos_spec: ChaosSpec | None = None
+
+    @model_validator(mode="after")
+    def _one_writer_process(self) -> "Plan":
+        sut_type = self.test_environment.component_spec.type
+        if sut_type in SINGLE_PROCESS_SUT_TYPES and self.execution.shards > 1:
+            message = (f"{sut_type} lets one process at a time open its database file, so "
+                       f"shards must be 1 (got {self.execution.shards}); concurrency still "
+                       "sets the number of sessions")  # fmt: skip
+            raise rules_error([("execution.shards", message)])
+        return self
 
     @model_validator(mode="after")
     def _chaos_fits_in_run(self) -> "Plan":

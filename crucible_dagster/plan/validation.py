@@ -56,7 +56,8 @@ def resolve_workloads(loaded: LoadedPlan, storage: WorkloadStorage | None = None
                 )
             first_seen.setdefault(query.name, workload)
     problems += _workload_type_problems(loaded, workloads)
-    if workloads and not problems:
+    # Names can be checked once every workload is read, whatever else is wrong with them.
+    if workloads and len(workloads) == len(loaded.plan.execution.workload):
         problems += _threshold_target_problems(loaded, list(first_seen))
         problems += _weight_problems(loaded, workloads)
     if problems:

@@ -271,3 +271,17 @@ def test_a_cql_workload_on_a_sql_sut_is_a_validation_problem(tmp_path: Path) -> 
 
     assert problem.message.startswith("workload 'reads' is cql, but postgresql takes sql workloads")
     assert problem.field == "execution.workload[0].workload_id"
+
+
+def test_threshold_names_are_checked_alongside_workload_problems(tmp_path: Path) -> None:
+    path = write_plan(tmp_path, "reads")
+    path.write_text(path.read_text() + "  thresholds: {raeds: ['p(95)<10']}\n")
+    write_workload(tmp_path, "reads.cql", "-- @type: cql\n-- @name: reads\nSELECT 1;\n")
+
+    problems = validate_plan_file(path)
+
+    assert [p.field for p in problems] == [
+        "execution.workload[0].workload_id",
+        "execution.thresholds.raeds",
+    ]
+    assert problems[1].message.endswith("did you mean 'reads'?")
