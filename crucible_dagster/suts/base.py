@@ -141,3 +141,25 @@ class SutTarget:
     @property
     def database(self) -> str:
         return self.identity.database
+
+
+# OpenSSL's reasons when the other end answers a TLS hello in plain text.
+_PLAIN_TEXT_REASONS = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG",
+                       "HTTP_REQUEST", "UNKNOWN_PROTOCOL")  # fmt: skip
+
+
+def tls_mismatch(error: BaseException) -> str | None:
+    """Says so when `error` (or its cause) shows that the server does not speak TLS on the port
+    TLS was asked for: OpenSSL's own words for it are obscure."""
+    seen: BaseException | None = error
+    for _ in range(5):
+        if seen is None:
+            break
+        text = f"{getattr(seen, 'reason', '')} {seen}"
+        if isinstance(seen, ssl.SSLError | OSError) and any(r in text for r in _PLAIN_TEXT_REASONS):
+            return (
+                "the server did not answer in TLS; cluster_info.tls is on, but TLS is not "
+                "served on this port"
+            )
+        seen = seen.__cause__ or seen.__context__
+    return None

@@ -20,7 +20,7 @@ import httpx
 from crucible_dagster.errors import Location, Problem, SutError, ValidationError
 from crucible_dagster.fixtures.loading import FixtureTableLoad, TableLoadReport
 from crucible_dagster.storage import Storage
-from crucible_dagster.suts.base import SutTarget
+from crucible_dagster.suts.base import SutTarget, tls_mismatch
 from crucible_dagster.suts.driver import (
     Execute,
     SutDriver,
@@ -247,6 +247,9 @@ def connect_error(exc: BaseException, target: SutTarget, database: str) -> SutEr
         return SutError(f"{key}: the server refused the connection: {exc}")
     if isinstance(exc, httpx.TimeoutException):
         return SutError(f"cannot reach {key}: no answer within {target.connect_timeout_s:g}s")
+    mismatch = tls_mismatch(exc)
+    if mismatch is not None:
+        return SutError(f"{key}: {mismatch}")
     if isinstance(exc, httpx.ConnectError):
         if "refused" in str(exc).lower() or _refused(exc):
             return SutError(f"cannot reach {key}: connection refused")
@@ -319,6 +322,9 @@ def describe_error(exc: BaseException) -> str:
     """A one-line sample of a failed execution (server messages carry no secrets)."""
     if isinstance(exc, ClickHouseError):
         return f"{exc.code}: {exc.message}"
+    if isinstance(exc, httpx.TimeoutException):
+        # httpx's own text is empty or the socket's; the read timeout is the statement timeout.
+        return f"no reply within the statement timeout ({type(exc).__name__})"
     text = _one_line(str(exc))
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 

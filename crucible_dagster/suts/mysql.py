@@ -18,7 +18,7 @@ from asyncmy import errors as my_errors
 from crucible_dagster.errors import Location, Problem, SutError, ValidationError
 from crucible_dagster.fixtures.loading import FixtureTableLoad, TableLoadReport
 from crucible_dagster.storage import Storage
-from crucible_dagster.suts.base import SutIdentity, SutTarget
+from crucible_dagster.suts.base import SutIdentity, SutTarget, tls_mismatch
 from crucible_dagster.suts.driver import (
     Execute,
     SutDriver,
@@ -210,6 +210,9 @@ def connect_error(
         return None
     if isinstance(exc, TimeoutError):
         return SutError(f"cannot reach {key}: no answer within {timeout_s:g}s")
+    mismatch = tls_mismatch(exc)
+    if mismatch is not None:
+        return SutError(f"{key}: {mismatch}")
     if isinstance(exc, my_errors.MySQLError):
         code = error_code(exc)
         message = server_message(exc)

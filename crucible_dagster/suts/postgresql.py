@@ -15,7 +15,7 @@ from crucible_dagster.fixtures import postgresql as fixture_loader
 from crucible_dagster.fixtures.loading import FixtureTableLoad, TableLoadReport
 from crucible_dagster.params import make_generator
 from crucible_dagster.storage import Storage
-from crucible_dagster.suts.base import SutIdentity, SutTarget
+from crucible_dagster.suts.base import SutIdentity, SutTarget, tls_mismatch
 from crucible_dagster.suts.driver import (
     Execute,
     QueryParameter,
@@ -117,6 +117,9 @@ def connect_error(
     if isinstance(exc, ssl.SSLCertVerificationError):
         return SutError(f"{key}: the server's TLS certificate was not accepted: "
                         f"{exc.verify_message or exc.reason}")  # fmt: skip
+    mismatch = tls_mismatch(exc)
+    if mismatch is not None:
+        return SutError(f"{key}: {mismatch}")
     if isinstance(exc, ssl.SSLError):
         return SutError(f"{key}: the TLS handshake failed: {exc.reason or exc}")
     if isinstance(exc, ConnectionError) and "rejected SSL upgrade" in str(exc):

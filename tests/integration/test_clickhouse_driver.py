@@ -22,7 +22,7 @@ from crucible_dagster.run import RUN_ID_TAG, mint_run_id
 from crucible_dagster.settings import get_settings
 from crucible_dagster.storage import storage_from_url
 from crucible_dagster.suts import clickhouse as driver_module
-from crucible_dagster.suts.base import SutTarget, sut_identity
+from crucible_dagster.suts.base import SutTarget, TlsSettings, sut_identity
 from crucible_dagster.suts.driver import driver_for
 from tests import servers_clickhouse
 from tests.integration import test_plan_job as plan_job_tests
@@ -98,6 +98,17 @@ def test_refused_port_says_connection_refused() -> None:
     identity = sut_identity("clickhouse", "127.0.0.1", port, "default")
     message = _connect_error(SutTarget(identity, "crucible", SecretStr(CH_PASSWORD)))
     assert message == f"cannot reach clickhouse://127.0.0.1:{port}/default: connection refused"
+
+
+def test_tls_to_the_plain_http_port_says_tls_is_not_served(
+    clickhouse: ClickHouseServer, ch_database: str
+) -> None:
+    target = _target(clickhouse, ch_database, tls=TlsSettings(verify=False))
+    message = _connect_error(target)
+    assert message == (
+        f"clickhouse://127.0.0.1:{clickhouse.http_port}/{ch_database}: the server did not answer "
+        "in TLS; cluster_info.tls is on, but TLS is not served on this port"
+    )
 
 
 def test_unknown_database_is_named(clickhouse: ClickHouseServer) -> None:
@@ -192,6 +203,8 @@ def test_statement_longer_than_the_timeout_counts_as_timeout(
     for query in measurement.queries:
         assert query.count > 0, query.name
         assert query.errors_by_kind == {"timeout": query.count}, query.first_error
+        assert query.first_error is not None
+        assert not query.first_error.startswith("ReadTimeout"), query.first_error
 
 
 def test_parameters_arrive_as_the_values_sent_and_hostile_strings_stay_data(

@@ -71,3 +71,14 @@ def test_a_certificate_from_an_unknown_authority_is_refused(
         asyncio.run(_cipher(target(server, TlsSettings())))
     assert MARIADB_PASSWORD not in str(raised.value)
     print(f"\nunknown authority: {raised.value}")
+
+
+def test_tls_asked_of_a_server_without_tls_is_refused_not_downgraded(tmp_path: Path) -> None:
+    server = start_mariadb(tmp_path / "plain")
+    try:
+        with pytest.raises(SutError) as raised:
+            asyncio.run(_cipher(target(server, TlsSettings(verify=False))))
+    finally:
+        server.stop()
+    assert MARIADB_PASSWORD not in str(raised.value)
+    print(f"\nno TLS on the server: {raised.value}")

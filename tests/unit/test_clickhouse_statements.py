@@ -169,6 +169,9 @@ def test_error_kinds_and_samples() -> None:
     assert driver.describe_error(httpx.ConnectError("line one\nline two")) == (
         "ConnectError: line one line two"
     )
+    assert driver.describe_error(httpx.ReadTimeout("")) == (
+        "no reply within the statement timeout (ReadTimeout)"
+    )
 
 
 def test_statement_timeout_rounds_up_to_whole_seconds_and_zero_disables_it() -> None:
