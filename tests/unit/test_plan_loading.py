@@ -322,8 +322,32 @@ def test_missing_password_variable_names_the_variable(monkeypatch: pytest.Monkey
         secret.reveal()
 
 
+def test_file_password_reads_a_mounted_secret_without_its_newline(tmp_path: Path) -> None:
+    secret_file = tmp_path / "pg-password"
+    secret_file.write_text("from-file-secret\n")
+    plan = load(PLAN.replace(f"password: {LITERAL}", f"password: {{file: {secret_file}}}")).plan
+    info = plan.test_environment.component_spec.cluster_info
+    assert info is not None
+
+    assert info.password.reveal() == "from-file-secret"
+    assert str(info.password) == f"{{file: {secret_file}}}"
+    assert "from-file-secret" not in repr(plan) + plan.model_dump_json()
+    assert pickle.loads(pickle.dumps(info.password)).reveal() == "from-file-secret"
+
+
+def test_unreadable_password_file_names_the_file(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-secret"
+
+    with pytest.raises(CrucibleError) as raised:
+        Secret(file=str(missing)).reveal()
+    assert str(raised.value) == (
+        f"cannot read {missing} (it holds a password): No such file or directory"
+    )
+
+
 @pytest.mark.parametrize(
-    "value", ["12345678", "{env: 1BAD}", "{env: X, other: y}", "[a, b]", "{name: X}"]
+    "value",
+    ["12345678", "{env: 1BAD}", "{env: X, other: y}", "[a, b]", "{name: X}", "{file: ''}"],
 )
 def test_invalid_password_is_an_error_that_never_echoes_the_value(value: str) -> None:
     [problem] = problems(PLAN.replace(f"password: {LITERAL}", f"password: {value}"))
