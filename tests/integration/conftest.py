@@ -1,6 +1,7 @@
 """Fixtures for integration tests: the S3 server, generated TPC-H data, PostgreSQL targets."""
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
@@ -20,6 +21,23 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     server = start_s3_server(tmp_path_factory.mktemp("weed"))
     yield server
     server.stop()
+
+
+@pytest.fixture
+def s3_bucket(
+    s3_server: S3Server, crucible_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """Makes Crucible's storage a fresh bucket of the S3 server for one test; its name."""
+    from crucible_dagster.settings import get_settings
+
+    bucket = s3_server.make_bucket()
+    monkeypatch.setenv("CRUCIBLE_STORAGE_URL", f"s3://{bucket}/crucible")
+    monkeypatch.setenv("CRUCIBLE_S3_ENDPOINT_URL", s3_server.endpoint_url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
+    get_settings.cache_clear()
+    yield bucket
+    get_settings.cache_clear()
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,7 @@ from crucible_dagster.suts.driver import driver_for
 from tests import servers_clickhouse
 from tests.integration import test_plan_job as plan_job_tests
 from tests.servers_clickhouse import CH_PASSWORD, ClickHouseServer
+from tests.servers_s3 import S3Server
 
 pytestmark = pytest.mark.integration
 
@@ -296,8 +297,12 @@ def instance(crucible_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[d
         yield instance
 
 
-def test_plan_job_loads_tpch_fixtures_and_runs_to_a_passed_verdict(
-    clickhouse: ClickHouseServer, instance: dg.DagsterInstance, tmp_path: Path
+def test_plan_job_loads_tpch_fixtures_from_s3_and_runs_to_a_passed_verdict(
+    clickhouse: ClickHouseServer,
+    instance: dg.DagsterInstance,
+    tmp_path: Path,
+    s3_server: S3Server,
+    s3_bucket: str,
 ) -> None:
     database = "plan_" + secrets.token_hex(4)  # the loader creates it
     plan = write_plan(tmp_path / "plans", "ch_smoke", port=clickhouse.http_port, database=database)
@@ -325,6 +330,8 @@ def test_plan_job_loads_tpch_fixtures_and_runs_to_a_passed_verdict(
     assert fixtures == {"region": 5, "nation": 25, "orders": 15000}
     latest = latest_result(storage, "ch_smoke")
     assert latest is not None and latest.run_id == run_id
+    keys = {info.key for info in s3_server.storage(s3_bucket, "crucible").list("")}
+    assert "fixtures/tpch/sf0.01/_manifest.json" in keys
     assert CH_PASSWORD not in json.dumps(result)
     for run in instance.get_runs():
         assert all(CH_PASSWORD not in str(r) for r in instance.all_logs(run.run_id))

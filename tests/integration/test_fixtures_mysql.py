@@ -21,6 +21,7 @@ from crucible_dagster.settings import get_settings
 from crucible_dagster.storage import LocalStorage, storage_from_url
 from tests.integration import test_plan_job as plan_job_tests
 from tests.servers_mariadb import MARIADB_PASSWORD, MariaDB, mariadb, my_database
+from tests.servers_s3 import S3Server
 
 pytestmark = pytest.mark.integration
 __all__ = ["mariadb", "my_database"]  # fixtures used by name below
@@ -189,8 +190,13 @@ def instance(crucible_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[d
         yield instance
 
 
-def test_plan_on_mariadb_loads_fixtures_and_passes(
-    mariadb: MariaDB, my_database: str, instance: dg.DagsterInstance, tmp_path: Path
+def test_plan_on_mariadb_loads_fixtures_from_s3_and_passes(
+    mariadb: MariaDB,
+    my_database: str,
+    instance: dg.DagsterInstance,
+    tmp_path: Path,
+    s3_server: S3Server,
+    s3_bucket: str,
 ) -> None:
     plan = write_plan(tmp_path / "plans", "maria", port=mariadb.port, database=my_database)
     run_id = mint_run_id("maria")
@@ -213,5 +219,8 @@ def test_plan_on_mariadb_loads_fixtures_and_passes(
         assert query["count"] > 0
         assert query["errors"] == 0
     assert MARIADB_PASSWORD not in json.dumps(result)
+    keys = {info.key for info in s3_server.storage(s3_bucket, "crucible").list("")}
+    assert "fixtures/tpch/sf0.01/_manifest.json" in keys
+    assert f"results/{run_id}/result.json" in keys
     for run in instance.get_runs():
         assert all(MARIADB_PASSWORD not in str(r) for r in instance.all_logs(run.run_id))
