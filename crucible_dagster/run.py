@@ -30,6 +30,8 @@ from crucible_dagster.errors import CrucibleError, RunError, SutError
 from crucible_dagster.fixtures.loading import FixtureTableLoad
 from crucible_dagster.fixtures.manifest import FixtureManifest, read_manifest
 from crucible_dagster.fixtures.refs import FixtureRef
+from crucible_dagster.fixtures.tpcds import SCALES as TPCDS_SCALES
+from crucible_dagster.fixtures.tpcds import generate_tpcds
 from crucible_dagster.fixtures.tpch import SCALES as TPCH_SCALES
 from crucible_dagster.fixtures.tpch import generate_tpch
 from crucible_dagster.lease import Heartbeat, Lease, LeaseHolder, LeaseStore
@@ -75,6 +77,7 @@ LAUNCH_TAG = "crucible/launch"
 # with the scales the fixture asset is partitioned by.
 GENERATORS: dict[str, tuple[Callable[[Storage, str], FixtureManifest], tuple[str, ...]]] = {
     "tpch": (generate_tpch, TPCH_SCALES),
+    "tpcds": (generate_tpcds, TPCDS_SCALES),
 }
 
 # A CLI run has no queue in front of it, so it waits this long for a busy SUT.
@@ -255,17 +258,21 @@ def check_run(run: PlanRun) -> None:
             )
 
 
+def notify(run: PlanRun, message: str) -> None:
+    """A log line that a person at a terminal also sees."""
+    run.say("%s", message)
+    for listener in list(notice_listeners):
+        listener(message)
+
+
 def take_lease(run: PlanRun) -> None:
     """Takes the SUT lease; a CLI run waits for it, a queued Dagster run fails fast."""
     store = LeaseStore(run.settings.database_url)
 
     def waiting(holder: LeaseHolder) -> None:
         since = f"{holder.acquired_at:%Y-%m-%d %H:%M:%S} UTC"
-        message = (f"waiting for the lease on {run.sut}, held by run {holder.run_id} "
-                   f"(plan {holder.plan}) since {since}")  # fmt: skip
-        run.say("%s", message)
-        for listener in list(notice_listeners):
-            listener(message)
+        notify(run, f"waiting for the lease on {run.sut}, held by run {holder.run_id} "
+                    f"(plan {holder.plan}) since {since}")  # fmt: skip
 
     run.lease = store.acquire(
         run.sut,
@@ -297,15 +304,20 @@ def load_fixtures(
         generator = GENERATORS.get(dataset)
         if generator is None:
             continue  # an uploaded dataset: the loader finds its files or says they are missing
-        run.say("generating fixture %s at scale %s", dataset, scale)
+        notify(run, f"generating fixture {dataset} at scale {scale}")
         manifest = generator[0](run.storage, scale)
         if on_materialized is not None:
             on_materialized(manifest)
     _check_lease(run)
     reports = sut_fixture_load(run, tables)
     run.fixtures = reports
-    loaded = sum(1 for r in reports if r.action == "loaded")
-    run.say("fixtures ready: %d loaded, %d already there", loaded, len(reports) - loaded)
+    for report in reports:
+        if report.action == "loaded":
+            notify(run, f"fixture {report.fixture} loaded into {report.table}: "
+                        f"{report.rows:,} rows in {report.seconds:.1f} s")  # fmt: skip
+        else:
+            notify(run, f"fixture {report.fixture} already in {report.table} "
+                        f"(data version {report.data_version[:12]}), not reloaded")  # fmt: skip
 
 
 def sut_fixture_load(run: PlanRun, tables: list[FixtureTable]) -> list[FixtureLoadRecord]:

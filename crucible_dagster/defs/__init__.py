@@ -5,7 +5,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from crucible_dagster.defs.fixtures import tpch_fixture
+from crucible_dagster.defs.fixtures import tpcds_fixture, tpch_fixture
 from crucible_dagster.defs.plan_job import build_plan_assets
 from crucible_dagster.defs.resources import CrucibleResource
 from crucible_dagster.defs.sweeper import crucible_orphaned_cli_runs, crucible_sweeper
@@ -27,7 +27,7 @@ def load_plans(plans_dir: Path) -> list[LoadedPlan]:
 
 
 def build_definitions(plans_dir: Path) -> dg.Definitions:
-    assets: list[dg.AssetsDefinition] = [tpch_fixture]
+    assets: list[dg.AssetsDefinition] = [tpch_fixture, tpcds_fixture]
     checks: list[dg.AssetChecksDefinition] = []
     jobs = []
     for loaded in load_plans(plans_dir):

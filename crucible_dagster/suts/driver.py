@@ -171,6 +171,10 @@ DRIVER_CLASSES: tuple[tuple[str, str], ...] = (
     ("crucible_dagster.suts.postgresql", "PostgresDriver"),
     ("crucible_dagster.suts.mysql", "MysqlDriver"),
     ("crucible_dagster.suts.clickhouse", "ClickHouseDriver"),
+    ("crucible_dagster.suts.cassandra", "CassandraDriver"),
+    ("crucible_dagster.suts.trino", "TrinoDriver"),
+    ("crucible_dagster.suts.duckdb", "DuckDbDriver"),
+    ("crucible_dagster.suts.sqlite", "SqliteDriver"),
 )
 
 

@@ -10,8 +10,6 @@ from crucible_dagster.suts import mysql
 from crucible_dagster.suts.driver import driver_for
 from crucible_dagster.workload import parse_workload
 
-SECRET = "s3cr3t-canary-key"
-
 
 def _query(sql: str, params: str = "") -> object:
     text = f"-- @type: mysql\n-- @name: q\n{params}{sql}\n"
@@ -143,53 +141,3 @@ def test_insert_template_quotes_every_name() -> None:
     assert loader.insert_sql("t`x", ["a", "b`c"]) == (
         "INSERT INTO `t``x` (`a`, `b``c`) VALUES (%s, %s)"
     )
-
-
-def test_doris_s3_load_reads_each_object_with_keys_kept_out_of_its_display() -> None:
-    load = loader.doris_s3_inserts(
-        "lineitem",
-        ["s3://bucket/fixtures/tpch/sf1/lineitem/part-0.parquet"],
-        endpoint_url="http://127.0.0.1:9000",
-        region="us-east-1",
-        credentials=loader.S3CredentialRef("MY_ACCESS", "MY_SECRET"),
-        environ={"MY_ACCESS": "AKIA-canary", "MY_SECRET": SECRET},
-    )
-    (statement,) = load.statements
-    assert statement.get_secret_value() == (
-        'INSERT INTO `lineitem` SELECT * FROM S3("uri" = '
-        '"s3://bucket/fixtures/tpch/sf1/lineitem/part-0.parquet", "format" = "parquet", '
-        '"s3.region" = "us-east-1", "s3.endpoint" = "http://127.0.0.1:9000", '
-        '"use_path_style" = "true", "s3.access_key" = "AKIA-canary", '
-        f'"s3.secret_key" = "{SECRET}")'
-    )
-    assert SECRET not in repr(load)
-    assert SECRET not in str(load.statements)
-    assert all(SECRET not in text and '"s3.secret_key" = "***"' in text for text in load.display)
-
-
-def test_doris_s3_load_needs_s3_objects_and_set_keys() -> None:
-    refs = loader.S3CredentialRef("MY_ACCESS", "MY_SECRET")
-    with pytest.raises(FixtureError, match="s3://"):
-        loader.doris_s3_inserts(
-            "t", ["file:///tmp/x.parquet"], endpoint_url=None, region="r", credentials=refs,
-            environ={"MY_ACCESS": "a", "MY_SECRET": "b"},
-        )  # fmt: skip
-    with pytest.raises(FixtureError, match="MY_SECRET"):
-        loader.doris_s3_inserts(
-            "t", ["s3://b/x.parquet"], endpoint_url=None, region="r", credentials=refs,
-            environ={"MY_ACCESS": "a"},
-        )  # fmt: skip
-
-
-def test_doris_string_values_cannot_break_out_of_their_quotes() -> None:
-    load = loader.doris_s3_inserts(
-        "t",
-        ['s3://b/we"ird\\.parquet'],
-        endpoint_url=None,
-        region="r",
-        credentials=loader.S3CredentialRef("A", "B"),
-        environ={"A": "a", "B": 'x"); DROP TABLE t; --'},
-    )
-    text = load.statements[0].get_secret_value()
-    assert '"uri" = "s3://b/we\\"ird\\\\.parquet"' in text
-    assert '"s3.secret_key" = "x\\"); DROP TABLE t; --")' in text

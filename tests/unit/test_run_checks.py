@@ -26,7 +26,6 @@ def checked(tmp_path: Path, text: str) -> None:
     [
         ("executor: native", "executor: k6", "use executor: native"),
         ("scaling_mode: intra_node", "scaling_mode: inter_node", "use scaling_mode: intra_node"),
-        ("type: postgresql", "type: cassandra", "'cassandra' has no native adapter"),
         ('scale: "0.01"', 'scale: "0.05"', "choose one of 0.01, 0.1, 1, 10"),
     ],
 )
@@ -58,13 +57,23 @@ def test_a_cql_workload_is_refused_on_a_sql_sut(crucible_home: Path, tmp_path: P
     assert "is cql, but postgresql takes sql workloads" in problem.message
 
 
-def test_the_engine_names_the_sut_types_it_drives() -> None:
-    from crucible_dagster.errors import SutError
+def test_every_sut_type_of_a_plan_has_a_driver_taking_its_workload_type() -> None:
+    from crucible_dagster.plan.models import SUT_TYPES
+    from crucible_dagster.plan.validation import CQL_SUT_TYPES
     from crucible_dagster.suts.driver import driver_for, supported_sut_types
 
-    assert "postgresql" in supported_sut_types()
-    with pytest.raises(SutError, match=r"no driver for cassandra yet; it drives .*postgresql"):
-        driver_for("cassandra")
+    assert sorted(supported_sut_types()) == sorted(SUT_TYPES)
+    takes_cql = {t for t in SUT_TYPES if driver_for(t).workload_types == ("cql",)}
+    assert takes_cql == set(CQL_SUT_TYPES)
+    assert all(driver_for(t).workload_types == ("sql",) for t in set(SUT_TYPES) - takes_cql)
+
+
+def test_an_unknown_sut_type_names_the_ones_the_engine_drives() -> None:
+    from crucible_dagster.errors import SutError
+    from crucible_dagster.suts.driver import driver_for
+
+    with pytest.raises(SutError, match=r"no driver for oracle yet; it drives .*postgresql"):
+        driver_for("oracle")
 
 
 def test_tls_files_are_found_from_the_plans_folder(
