@@ -5,7 +5,7 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 from crucible_dagster.errors import CrucibleError, ValidationError
@@ -21,6 +28,8 @@ from crucible_dagster.storage import Storage
 
 if TYPE_CHECKING:
     import dagster as dg
+
+    from crucible_dagster.fixtures.upload import UploadProgress, UploadReport
 from crucible_dagster.results import Result, Verdict
 
 app = typer.Typer(
@@ -29,6 +38,11 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+fixtures_app = typer.Typer(
+    help="Fixture tables in object storage: upload your own Parquet tables.",
+    no_args_is_help=True,
+)
+app.add_typer(fixtures_app, name="fixtures")
 # No emoji codes: `:name:` in a message (a query parameter, a table) must print as written.
 console = Console(emoji=False)
 errors = Console(stderr=True, emoji=False)
@@ -154,6 +168,142 @@ def demo(
             highlight=False,
         )
     raise typer.Exit(_exit_code(result))
+
+
+@fixtures_app.command("upload")
+def fixtures_upload(
+    fixture_id: Annotated[
+        str,
+        typer.Argument(metavar="ID", help="<dataset>/sf<scale>/<table>, e.g. shop/sf1/orders."),
+    ],
+    files: Annotated[
+        list[Path], typer.Argument(metavar="FILE", help="Parquet files of the table.")
+    ],
+    part_size_mib: Annotated[
+        int, typer.Option("--part-size", help="Size of each uploaded part in MiB (at least 5).")
+    ] = 16,
+    parallel: Annotated[int, typer.Option("--parallel", help="Parts sent at once.")] = 4,
+) -> None:
+    """Uploads Parquet files as a fixture table; an interrupted upload resumes when rerun."""
+    from crucible_dagster.fixtures.upload import (
+        MIB,
+        check_parallel,
+        check_part_size,
+        parse_upload_id,
+        upload_fixture,
+    )
+    from crucible_dagster.settings import get_settings
+    from crucible_dagster.storage import storage_from_url
+
+    with _user_errors():
+        ref = parse_upload_id(fixture_id)
+        part_size = check_part_size(part_size_mib * MIB)
+        check_parallel(parallel)
+        settings = get_settings()
+        storage = storage_from_url(settings.storage_url, settings)
+        total = sum(path.stat().st_size for path in files if path.is_file())
+        try:
+            with _upload_bar(ref.fixture_id, total, show=total >= part_size) as progress:
+                report = upload_fixture(
+                    storage,
+                    ref,
+                    files,
+                    state_dir=settings.home / "uploads",
+                    part_size=part_size,
+                    parallel=parallel,
+                    progress=progress,
+                )
+        except KeyboardInterrupt:
+            errors.print(
+                "interrupted: run the same command again to resume the upload", highlight=False
+            )
+            raise typer.Exit(130) from None
+
+    table = report.table
+    if report.unchanged:
+        console.print(
+            escape(f"{ref} is already stored with these files in {storage.describe()}"),
+            highlight=False,
+        )
+    else:
+        reused = sum(len(f.parts_reused) for f in report.files)
+        console.print(
+            escape(
+                f"uploaded {ref}: {len(table.files)} file(s), {table.bytes / MIB:.1f} MiB, "
+                f"{table.rows} rows to {storage.uri(ref.prefix)}"
+            ),
+            highlight=False,
+        )
+        if reused:
+            console.print(f"resumed: {reused} part(s) were already stored", highlight=False)
+        if report.removed_keys:
+            console.print(
+                f"removed {len(report.removed_keys)} object(s) of the previous upload",
+                highlight=False,
+            )
+    console.print(f"data version {report.table_data_version}", highlight=False)
+    _record_upload_observation(storage, report)
+
+
+def _record_upload_observation(storage: Storage, report: "UploadReport") -> None:
+    """Records the upload in the Dagster instance, when one is configured under CRUCIBLE_HOME."""
+    from crucible_dagster.defs.instance import ensure_dagster_home
+    from crucible_dagster.settings import get_settings
+
+    settings = get_settings()
+    asset = f"fixtures/uploads partition {report.ref}"
+    if not (os.environ.get("DAGSTER_HOME") or (settings.dagster_home / "dagster.yaml").is_file()):
+        console.print(
+            f"no Dagster instance is configured: {asset} will be recorded on its next "
+            "observation (sensor fixture_uploads_sensor or job observe_fixture_uploads)",
+            highlight=False,
+        )
+        return
+    import dagster as dg
+
+    from crucible_dagster.defs.uploads import record_upload
+
+    home = ensure_dagster_home(settings)
+    try:
+        with dg.DagsterInstance.get() as instance:
+            record_upload(instance, storage, report)
+    except Exception as error:
+        # The files and manifest are stored; the observation will follow from storage.
+        errors.print(
+            f"[yellow]warning[/yellow] could not record {escape(asset)} in the Dagster instance "
+            f"{escape(str(home))} ({escape(type(error).__name__)}); it will be recorded on its "
+            "next observation",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
+    console.print(
+        f"recorded {escape(asset)} in the Dagster instance {escape(str(home))}", highlight=False
+    )
+
+
+@contextmanager
+def _upload_bar(
+    label: str, total: int, *, show: bool
+) -> Iterator[Callable[["UploadProgress"], None] | None]:
+    """A byte-counting bar on stderr for large uploads; nothing for small ones."""
+    if not show:
+        yield None
+        return
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeElapsedColumn(),
+    ]
+    with Progress(*columns, console=errors, disable=not errors.is_terminal) as bar:
+        task = bar.add_task(escape(label), total=total)
+
+        def advance(update: "UploadProgress") -> None:
+            bar.update(task, completed=update.done_bytes, total=update.total_bytes)
+
+        yield advance
 
 
 def _storage_or_none() -> Storage | None:

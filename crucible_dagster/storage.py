@@ -5,6 +5,7 @@ Both implementations validate every key the same way, so no name taken from a pl
 id can reach outside the storage's root or prefix.
 """
 
+import builtins
 import os
 import re
 import shutil
@@ -12,6 +13,7 @@ import tempfile
 import urllib.parse
 import urllib.request
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +43,15 @@ class ObjectInfo:
     size: int
     etag: str
     last_modified: datetime
+
+
+@dataclass(frozen=True)
+class UploadedPart:
+    """One part of an unfinished multipart upload, as the server lists it."""
+
+    number: int
+    size: int
+    etag: str
 
 
 def validate_key(key: str) -> str:
@@ -103,6 +114,15 @@ class Storage(ABC):
         """A stream of the object's bytes; close it when done."""
 
     @abstractmethod
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes `start` to `end` (exclusive) of the object, fewer at its end; for readers that
+        seek, such as Parquet's."""
+
+    @abstractmethod
+    def size(self, key: str) -> int:
+        """The object's length in bytes."""
+
+    @abstractmethod
     def exists(self, key: str) -> bool: ...
 
     @abstractmethod
@@ -162,6 +182,14 @@ class LocalStorage(Storage):
 
     def open_read(self, key: str) -> BinaryIO:
         return self._existing(key).open("rb")
+
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        with self._existing(key).open("rb") as source:
+            source.seek(start)
+            return source.read(max(end - start, 0))
+
+    def size(self, key: str) -> int:
+        return self._existing(key).stat().st_size
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -242,8 +270,8 @@ class _AtomicFile:
 class S3Storage(Storage):
     """Objects in an S3 bucket under an optional prefix; any S3-compatible endpoint works."""
 
-    # Limitation: large files are uploaded by this process in parts; presigned part URLs, for
-    # clients that upload directly, are not offered yet.
+    # `put_file` uploads large files in parts through boto3. The multipart methods below, with
+    # presigned part URLs, serve uploads that send the bytes with another HTTP client.
 
     def __init__(
         self,
@@ -360,6 +388,25 @@ class S3Storage(Storage):
             self._fail(exc, f"reading {key!r}")
         return cast(BinaryIO, response["Body"])
 
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        if end <= start:
+            return b""
+        full = self._full(key)
+        try:
+            response = self._client.get_object(
+                Bucket=self.bucket, Key=full, Range=f"bytes={start}-{end - 1}"
+            )
+            return cast(bytes, response["Body"].read())
+        except Exception as exc:
+            self._fail(exc, f"reading {key!r}")
+
+    def size(self, key: str) -> int:
+        full = self._full(key)
+        try:
+            return int(self._client.head_object(Bucket=self.bucket, Key=full)["ContentLength"])
+        except Exception as exc:
+            self._fail(exc, f"reading {key!r}")
+
     def exists(self, key: str) -> bool:
         full = self._full(key)
         try:
@@ -398,6 +445,93 @@ class S3Storage(Storage):
         except Exception as exc:
             if _error_code(exc) not in ("404", "NoSuchKey", "NotFound"):
                 self._fail(exc, f"deleting {key!r}")
+
+    def create_multipart_upload(self, key: str) -> str:
+        """Starts a multipart upload of `key` and returns its upload id."""
+        full = self._full(key)
+        try:
+            response = self._client.create_multipart_upload(Bucket=self.bucket, Key=full)
+        except Exception as exc:
+            self._fail(exc, f"starting a multipart upload of {key!r}")
+        return str(response["UploadId"])
+
+    def presign_upload_part(
+        self, key: str, upload_id: str, part_number: int, content_md5: str, expires_s: int = 3600
+    ) -> str:
+        """A URL that accepts one `PUT` of the part; the body must match `content_md5` (base64)."""
+        params = {
+            "Bucket": self.bucket,
+            "Key": self._full(key),
+            "UploadId": upload_id,
+            "PartNumber": part_number,
+            "ContentMD5": content_md5,
+        }
+        return self._presign("upload_part", params, expires_s, key)
+
+    def presign_put(self, key: str, content_md5: str, expires_s: int = 3600) -> str:
+        """A URL that accepts one `PUT` of the whole object, checked against `content_md5`."""
+        params = {"Bucket": self.bucket, "Key": self._full(key), "ContentMD5": content_md5}
+        return self._presign("put_object", params, expires_s, key)
+
+    def _presign(self, method: str, params: dict[str, Any], expires_s: int, key: str) -> str:
+        try:
+            return str(
+                self._client.generate_presigned_url(method, Params=params, ExpiresIn=expires_s)
+            )
+        except Exception as exc:
+            self._fail(exc, f"presigning {method} of {key!r}")
+
+    def list_parts(self, key: str, upload_id: str) -> builtins.list[UploadedPart] | None:
+        """The parts uploaded so far, or None when the server knows no such upload for `key`."""
+        full = self._full(key)
+        parts: list[UploadedPart] = []
+        try:
+            pages = self._client.get_paginator("list_parts").paginate(
+                Bucket=self.bucket, Key=full, UploadId=upload_id
+            )
+            for page in pages:
+                for item in page.get("Parts", []):
+                    parts.append(
+                        UploadedPart(
+                            number=int(item["PartNumber"]),
+                            size=int(item["Size"]),
+                            etag=item.get("ETag", "").strip('"'),
+                        )
+                    )
+        except Exception as exc:
+            if _error_code(exc) in ("NoSuchUpload", "404", "NotFound"):
+                return None
+            self._fail(exc, f"listing the uploaded parts of {key!r}")
+        return sorted(parts, key=lambda part: part.number)
+
+    def complete_multipart_upload(
+        self, key: str, upload_id: str, parts: Sequence[tuple[int, str]]
+    ) -> str:
+        """Joins the parts, given as (part number, ETag) in ascending order, into the object,
+        and returns the object's ETag."""
+        full = self._full(key)
+        listing: builtins.list[Any] = [
+            {"PartNumber": number, "ETag": f'"{etag}"'} for number, etag in parts
+        ]
+        try:
+            response = self._client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=full,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": listing},
+            )
+        except Exception as exc:
+            self._fail(exc, f"completing the multipart upload of {key!r}")
+        return str(response.get("ETag", "")).strip('"')
+
+    def abort_multipart_upload(self, key: str, upload_id: str) -> None:
+        """Discards an unfinished upload and its parts; an unknown upload is not an error."""
+        full = self._full(key)
+        try:
+            self._client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+        except Exception as exc:
+            if _error_code(exc) not in ("NoSuchUpload", "404", "NotFound"):
+                self._fail(exc, f"aborting the multipart upload of {key!r}")
 
     def uri(self, key: str) -> str:
         name = validate_prefix(key) if key.endswith("/") else validate_key(key)

@@ -9,6 +9,11 @@ from crucible_dagster.defs.fixtures import tpcds_fixture, tpch_fixture
 from crucible_dagster.defs.plan_job import build_plan_assets
 from crucible_dagster.defs.resources import CrucibleResource
 from crucible_dagster.defs.sweeper import crucible_orphaned_cli_runs, crucible_sweeper
+from crucible_dagster.defs.uploads import (
+    fixture_uploads,
+    fixture_uploads_sensor,
+    observe_fixture_uploads,
+)
 from crucible_dagster.errors import CrucibleError
 from crucible_dagster.plan import LoadedPlan, load_plan
 
@@ -27,9 +32,13 @@ def load_plans(plans_dir: Path) -> list[LoadedPlan]:
 
 
 def build_definitions(plans_dir: Path) -> dg.Definitions:
-    assets: list[dg.AssetsDefinition] = [tpch_fixture, tpcds_fixture]
+    assets: list[dg.AssetsDefinition | dg.SourceAsset] = [
+        tpch_fixture,
+        tpcds_fixture,
+        fixture_uploads,
+    ]
     checks: list[dg.AssetChecksDefinition] = []
-    jobs = []
+    jobs: list[dg.JobDefinition | dg.UnresolvedAssetJobDefinition] = [observe_fixture_uploads]
     for loaded in load_plans(plans_dir):
         asset, check, job = build_plan_assets(loaded)
         assets.append(asset)
@@ -39,6 +48,6 @@ def build_definitions(plans_dir: Path) -> dg.Definitions:
         assets=assets,
         asset_checks=checks,
         jobs=jobs,
-        sensors=[crucible_sweeper, crucible_orphaned_cli_runs],
+        sensors=[crucible_sweeper, crucible_orphaned_cli_runs, fixture_uploads_sensor],
         resources={"crucible": CrucibleResource()},
     )

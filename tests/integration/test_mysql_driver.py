@@ -176,8 +176,12 @@ def test_statement_past_the_timeout_counts_as_timeout(mariadb: MariaDB, database
     (sleepy,) = run_load(mariadb.target(database, statement_timeout_s=0.5), queries, shape).queries
 
     assert sleepy.count > 0
-    assert sleepy.errors == sleepy.count
-    assert sleepy.errors_by_kind == {"timeout": sleepy.count}
+    assert sleepy.errors > 0
+    assert sleepy.errors_by_kind == {"timeout": sleepy.errors}
+    # MariaDB sometimes ends an interrupted SLEEP() with the result 1 instead of the timeout
+    # error; such an execution still stopped at the timeout, long before its two seconds.
+    if sleepy.errors < sleepy.count:
+        assert sleepy.histogram.get_max_value() < 1_500_000  # microseconds
 
 
 def test_parameters_arrive_as_values(mariadb: MariaDB, database: str) -> None:
