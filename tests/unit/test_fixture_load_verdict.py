@@ -9,6 +9,8 @@ from crucible_dagster.fixtures.loading import (
     LOADING_PREFIX,
     FixtureSource,
     FixtureTableLoad,
+    ReloadPolicy,
+    TableLoadReport,
     existing_table_verdict,
 )
 from crucible_dagster.fixtures.refs import FixtureRef
@@ -17,8 +19,10 @@ REF = FixtureRef("tpch", "0.01", "nation")
 SOURCE = FixtureSource(["fixtures/tpch/sf0.01/nation/part-0.parquet"], 25, "v2" * 8)
 
 
-def verdict(reload: str, present: bool, recorded: tuple[str, int] | None):  # type: ignore[no-untyped-def]
-    load = FixtureTableLoad(REF, "nation", reload)  # type: ignore[arg-type]
+def verdict(
+    reload: ReloadPolicy, present: bool, recorded: tuple[str, int] | None
+) -> tuple[TableLoadReport | None, str | None]:
+    load = FixtureTableLoad(REF, "nation", reload)
     return existing_table_verdict(
         load, SOURCE, present=present, recorded=recorded, sut_key="pg://x", started=time.monotonic()
     )
@@ -49,6 +53,6 @@ def test_a_half_loaded_table_is_crucibles_to_replace_whatever_the_policy() -> No
 
 
 @pytest.mark.parametrize("reload", ["auto", "always"])
-def test_a_table_crucible_did_not_create_is_never_touched(reload: str) -> None:
+def test_a_table_crucible_did_not_create_is_never_touched(reload: ReloadPolicy) -> None:
     with pytest.raises(FixtureError, match="was not created by Crucible"):
         verdict(reload, True, None)
