@@ -12,6 +12,7 @@ from trino import exceptions as trino_errors
 from crucible_dagster.errors import FixtureError, SutError
 from crucible_dagster.fixtures import trino as loader
 from crucible_dagster.fixtures.loading import FixtureTableLoad
+from crucible_dagster.fixtures.manifest import arrow_type_from_text
 from crucible_dagster.fixtures.refs import FixtureRef
 from crucible_dagster.storage import LocalStorage, S3Storage
 from crucible_dagster.suts import trino
@@ -295,12 +296,12 @@ def test_arrow_types_trino_cannot_hold_are_refused(arrow_type: pa.DataType) -> N
     ],
 )
 def test_manifest_type_names_read_back_as_the_arrow_type(arrow_type: pa.DataType) -> None:
-    assert loader.arrow_type_from_text(str(arrow_type)) == arrow_type
+    assert arrow_type_from_text(str(arrow_type)) == arrow_type
 
 
 def test_unknown_manifest_type_name_is_a_fixture_error() -> None:
     with pytest.raises(FixtureError, match="list<item"):
-        loader.arrow_type_from_text("list<item: int64>")
+        arrow_type_from_text("list<item: int64>")
 
 
 # -- fixture statements --
