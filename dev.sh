@@ -22,7 +22,9 @@ setup() {
     fi
     .tools/bin/pip install -q "uv==${UV_VERSION}"
   fi
-  .tools/bin/uv sync --frozen --quiet --python "$(command -v python3)"
+  # The interpreter itself, not a shim in front of it: a path that differs from the one .venv
+  # records makes uv rebuild .venv, under the feet of any crucible command running from it.
+  .tools/bin/uv sync --frozen --quiet --python "$(python3 -c 'import sys; print(sys.executable)')"
 }
 
 # Servers the integration tests start on loopback; their tests skip without them.

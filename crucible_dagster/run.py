@@ -7,6 +7,7 @@ says what happened and releases the lease last.
 
 import asyncio
 import logging
+import os
 import secrets
 import shutil
 import tempfile
@@ -60,9 +61,15 @@ from crucible_dagster.results.thresholds import (
     evaluate,
 )
 from crucible_dagster.results.thresholds import verdict as judge
-from crucible_dagster.settings import Settings
+from crucible_dagster.settings import Settings, get_settings
 from crucible_dagster.storage import Storage, storage_from_url
-from crucible_dagster.suts.base import SutIdentity, SutTarget, TlsSettings, sut_identity
+from crucible_dagster.suts.base import (
+    SutIdentity,
+    SutTarget,
+    TlsSettings,
+    connect_address,
+    sut_identity,
+)
 from crucible_dagster.suts.driver import SutDriver, driver_for, supported_sut_types
 from crucible_dagster.suts.names import EMBEDDED_SUT_TYPES
 from crucible_dagster.workload import Query, QueryParam, Workload
@@ -107,11 +114,21 @@ def plan_sut(loaded: LoadedPlan) -> SutIdentity:
     spec = env.component_spec
     info = spec.cluster_info
     if spec.type in EMBEDDED_SUT_TYPES:
-        # The database file is the SUT; it lives on the generator's machine.
-        return sut_identity(spec.type, "localhost", None, env.target_db)
+        # The database file is the SUT, however the plan spells its path.
+        path = embedded_database_path(env.target_db, get_settings())
+        return SutIdentity(spec.type, "", 0, str(path))
     host = info.host if info is not None else spec.type
     port = info.port if info is not None else None
     return sut_identity(spec.type, host, port, env.target_db)
+
+
+def embedded_database_path(target_db: str, settings: Settings) -> Path:
+    """An embedded SUT's database file: `target_db` as an absolute path, or relative to the
+    `databases` folder of the Crucible home."""
+    path = Path(target_db).expanduser()
+    if not path.is_absolute():
+        path = settings.home / "databases" / path
+    return Path(os.path.normpath(path))
 
 
 @dataclass
@@ -168,21 +185,27 @@ class PlanRun:
         return SutTarget(
             identity=self.sut,
             user=info.username,
-            password=SecretStr(info.password.reveal()),
+            password=SecretStr(info.password.reveal(Path(self.loaded.source).parent)),
             connect_timeout_s=info.connect_timeout.seconds,
             statement_timeout_s=info.statement_timeout.seconds,
             tls=self._tls(info.tls_options()),
+            address=connect_address(info.host),
         )
 
     def _embedded_target(self, info: ClusterInfo | None) -> SutTarget:
         """An embedded SUT's target names its database file: `target_db` as an absolute path,
         or relative to the `databases` folder of the Crucible home."""
-        path = Path(self.loaded.plan.test_environment.target_db).expanduser()
-        if not path.is_absolute():
-            folder = self.settings.home / "databases"
+        target_db = self.loaded.plan.test_environment.target_db
+        path = embedded_database_path(target_db, self.settings)
+        home, folder = self.settings.home, self.settings.home / "databases"
+        if path.is_relative_to(home) and not path.is_relative_to(folder):
+            raise RunError(
+                f"{self.loaded.source}: target_db {target_db!r} is {path}, among Crucible's own "
+                f"files; put database files in {folder} or outside {home}"
+            )
+        if path.is_relative_to(folder):
             folder.mkdir(parents=True, exist_ok=True)
-            path = folder / path
-        identity = SutIdentity(self.sut.sut_type, self.sut.host, self.sut.port, str(path))
+        identity = SutIdentity(self.sut.sut_type, "", 0, str(path))
         if info is None:
             return SutTarget(identity=identity, user="")
         return SutTarget(

@@ -31,6 +31,7 @@ from crucible_dagster.plan.thresholds import (
     ThresholdSyntaxError,
     parse_threshold,
 )
+from crucible_dagster.suts.base import host_problem
 from crucible_dagster.suts.names import (
     EMBEDDED_SUT_TYPES,
     SINGLE_PROCESS_SUT_TYPES,
@@ -152,6 +153,9 @@ class ClusterInfo(PlanModel):
             for name in ("connect_timeout", "statement_timeout")
             if getattr(self, name).seconds <= 0
         ]
+        host = host_problem(self.host)
+        if host is not None:
+            problems.append(("host", host))
         if problems:
             raise rules_error(problems)
         return self

@@ -41,11 +41,14 @@ class Secret:
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("Secret is immutable")
 
-    def reveal(self) -> str:
+    def reveal(self, relative_to: Path | None = None) -> str:
         """The password itself; a missing variable or unreadable file is a CrucibleError
-        naming it."""
+        naming it. A relative file path is read from `relative_to` (the plan's folder)."""
         if self.file is not None:
-            return _read_secret_file(self.file)
+            path = Path(self.file).expanduser()
+            if relative_to is not None and not path.is_absolute():
+                path = relative_to / path
+            return _read_secret_file(path)
         if self.env is None:
             return self._literal or ""
         value = os.environ.get(self.env)
@@ -123,9 +126,9 @@ class Secret:
         return {"anyOf": [{"type": "string"}, env, file]}
 
 
-def _read_secret_file(path: str) -> str:
+def _read_secret_file(path: Path) -> str:
     try:
-        text = Path(path).expanduser().read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         reason = getattr(error, "strerror", None) or type(error).__name__
         raise CrucibleError(f"cannot read {path} (it holds a password): {reason}") from None

@@ -45,7 +45,10 @@ class SutIdentity:
 
     @property
     def key(self) -> str:
-        """A readable unique key, e.g. `postgresql://127.0.0.1:5432/tpch`."""
+        """A readable unique key, e.g. `postgresql://127.0.0.1:5432/tpch`, or for an embedded
+        SUT its database file, `duckdb:///data/tpch.duckdb`."""
+        if not self.host:
+            return f"{self.sut_type}://{self.database}"
         return f"{self.sut_type}://{self.host}:{self.port}/{self.database}"
 
     @property
@@ -66,6 +69,8 @@ class SutIdentity:
 
 def normalise_host(host: str) -> str:
     lowered = host.strip().lower()
+    if lowered.startswith("[") and lowered.endswith("]"):
+        lowered = lowered[1:-1]
     if lowered in _LOOPBACK_NAMES or lowered.startswith("127."):
         return "127.0.0.1"
     return lowered
@@ -84,6 +89,32 @@ def split_host_port(host: str, port: int | None) -> tuple[str, int | None]:
         if tail.isdigit():
             return name, port if port is not None else int(tail)
     return text, port
+
+
+def host_problem(host: str) -> str | None:
+    """Why `host` (with or without `:port`) cannot be connected to, or None."""
+    text = host.strip()
+    if text.startswith("["):
+        closing = text.find("]")
+        rest = text[closing + 1 :] if closing > 0 else None
+        if rest is None or (rest and not rest.startswith(":")):
+            return (
+                f"host {host!r}: an IPv6 address in brackets is written [address] or [address]:port"
+            )
+        port_text = rest[1:] if rest else None
+    elif text.count(":") == 1:
+        port_text = text.partition(":")[2]
+    else:
+        port_text = None  # a name, an IPv4 address, or a bare IPv6 address
+    if port_text is not None and not (port_text.isdigit() and 1 <= int(port_text) <= 65535):
+        return f"host {host!r}: the part after ':' must be a port from 1 to 65535"
+    return None
+
+
+def connect_address(host: str) -> str:
+    """The host part of `host` as a connection wants it: `[::1]:5432` → `::1`."""
+    name, _ = split_host_port(host, None)
+    return name.strip().strip("[]")
 
 
 def sut_identity(sut_type: str, host: str, port: int | None, database: str) -> SutIdentity:
@@ -120,7 +151,9 @@ class TlsSettings:
 class SutTarget:
     """How to connect to a SUT. The password is a secret: it never prints or logs.
 
-    `tls` None means a plain connection.
+    `tls` None means a plain connection. `address` is the host as the plan wrote it (without
+    brackets), which the connection uses: the identity's normalised host names the SUT, but
+    `::1` is not `127.0.0.1` to a server listening on one of them, nor to a TLS certificate.
     """
 
     identity: SutIdentity
@@ -129,10 +162,12 @@ class SutTarget:
     connect_timeout_s: float = 10.0
     statement_timeout_s: float = 60.0
     tls: TlsSettings | None = None
+    address: str | None = None
 
     @property
     def host(self) -> str:
-        return self.identity.host
+        """The host to connect to."""
+        return self.address or self.identity.host
 
     @property
     def port(self) -> int:

@@ -163,7 +163,7 @@ async def connect(
     try:
         conn = await asyncio.wait_for(
             asyncmy.connect(
-                host=identity.host,
+                host=target.host,
                 port=identity.port,
                 user=target.user,
                 password=target.password.get_secret_value(),

@@ -69,6 +69,12 @@ def _database_file_problem(name: str) -> str | None:
     if name.strip() == ":memory:":
         # Each shard and the fixture loader would see a database of its own, empty.
         return "an in-memory database cannot be loaded and measured: give the database file's path"
-    if PurePath(name).name in ("", ".", ".."):
+    path = PurePath(name)
+    if path.name in ("", ".", ".."):
         return "the database file's path must end in a file name"
+    if not path.is_absolute() and ".." in path.parts:
+        return (
+            "a relative path stays inside the databases folder of the Crucible home: no '..'; "
+            "give an absolute path to put the file elsewhere"
+        )
     return None

@@ -80,7 +80,7 @@ async def connect(target: SutTarget, *, database: str | None = None) -> asyncpg.
     tls = tls_context(target)
     try:
         return await asyncpg.connect(
-            host=identity.host,
+            host=target.host,
             port=identity.port,
             user=target.user,
             password=target.password.get_secret_value() or None,

@@ -273,7 +273,7 @@ def open_connection(target: SutTarget, database: TrinoDatabase) -> trino.dbapi.C
             if tls.cert_file is not None:
                 http_session.cert = (tls.cert_file, tls.key_file) if tls.key_file else tls.cert_file
     return trino.dbapi.Connection(
-        host=identity.host,
+        host=target.host,
         port=identity.port,
         user=target.user,
         source=SOURCE,

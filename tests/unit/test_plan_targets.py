@@ -82,3 +82,20 @@ def test_target_db_the_sut_would_refuse_is_an_error_at_its_line(sut_type: str, n
 )
 def test_target_db_the_sut_takes_is_accepted(sut_type: str, name: str) -> None:
     assert database_problem(sut_type, name) is None
+
+
+def test_a_port_inside_host_is_checked_at_validation() -> None:
+    data = plan_data()
+    data["test_environment"]["component_spec"]["cluster_info"]["host"] = "[::1]:99999"
+
+    found = problems_of(data)
+
+    assert fields(found) == ["test_environment.component_spec.cluster_info.host"]
+    assert "the part after ':' must be a port from 1 to 65535" in found[0].message
+
+
+def test_a_relative_embedded_database_cannot_climb_out_of_the_databases_folder() -> None:
+    found = problems_of(embedded_plan("sqlite", "../crucible.db"))
+
+    assert fields(found) == ["test_environment.target_db"]
+    assert "no '..'" in found[0].message

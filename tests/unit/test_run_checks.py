@@ -6,7 +6,7 @@ import pytest
 
 from crucible_dagster.errors import RunError, ValidationError
 from crucible_dagster.plan import load_plan
-from crucible_dagster.run import check_run, open_run
+from crucible_dagster.run import PlanRun, check_run, open_run
 from crucible_dagster.settings import PROJECT_ROOT, get_settings
 
 DEMO = (PROJECT_ROOT / "plans" / "demo_tpch.yaml").read_text()
@@ -92,3 +92,67 @@ def test_tls_files_are_found_from_the_plans_folder(
     assert target.tls.cert_file == "/etc/client.crt"
     assert target.tls.key_file == str(tmp_path / "client.key")
     assert target.tls.verify is True
+
+
+def test_a_relative_password_file_is_read_from_the_plans_folder(
+    crucible_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "pg").write_text("from-the-plans-folder\n")
+    text = DEMO.replace("{env: CRUCIBLE_DEMO_PG_PASSWORD}", "{file: secrets/pg}")
+    assert text != DEMO
+    (tmp_path / "p.yaml").write_text(text)
+    monkeypatch.chdir(crucible_home.parent)
+
+    target = open_run(load_plan(tmp_path / "p.yaml"), get_settings()).target()
+
+    assert target.password.get_secret_value() == "from-the-plans-folder"
+
+
+def test_the_connection_uses_the_host_the_plan_wrote(
+    crucible_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CRUCIBLE_DEMO_PG_PASSWORD", "x")
+    text = DEMO.replace("host: 127.0.0.1", 'host: "[::1]:5999"')
+    assert text != DEMO
+    (tmp_path / "p.yaml").write_text(text)
+
+    run = open_run(load_plan(tmp_path / "p.yaml"), get_settings())
+
+    assert run.target().host == "::1"
+    assert run.sut.key == "postgresql://127.0.0.1:15433/tpch"  # the explicit port wins
+
+
+EMBEDDED = """\
+test_metadata: {run_label: e}
+test_environment:
+  env_type: long-lived
+  target_db: TARGET
+  component_spec: {type: duckdb}
+execution: {concurrency: 1, ramp_up: 0s, hold_for: 1s, workload: [{workload_id: w}]}
+"""
+
+
+def embedded_run(tmp_path: Path, target_db: str, name: str = "e") -> PlanRun:
+    (tmp_path / f"{name}.yaml").write_text(EMBEDDED.replace("TARGET", target_db))
+    return open_run(load_plan(tmp_path / f"{name}.yaml"), get_settings())
+
+
+def test_two_spellings_of_one_database_file_are_one_sut(
+    crucible_home: Path, tmp_path: Path
+) -> None:
+    relative = embedded_run(tmp_path, "bench/tpch.duckdb", "a")
+    absolute = embedded_run(tmp_path, str(crucible_home / "databases/bench/x/../tpch.duckdb"), "b")
+
+    assert relative.sut == absolute.sut
+    assert relative.sut.key == f"duckdb://{crucible_home / 'databases' / 'bench' / 'tpch.duckdb'}"
+    assert relative.target().database == str(crucible_home / "databases" / "bench" / "tpch.duckdb")
+
+
+def test_an_embedded_database_among_crucibles_own_files_is_refused(
+    crucible_home: Path, tmp_path: Path
+) -> None:
+    run = embedded_run(tmp_path, str(crucible_home / "crucible.db"))
+
+    with pytest.raises(RunError, match="among Crucible's own files"):
+        run.target()
