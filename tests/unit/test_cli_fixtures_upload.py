@@ -96,3 +96,44 @@ def test_upload_with_a_dagster_instance_records_the_observation(
     with dg.DagsterInstance.get() as instance:
         assert instance.get_dynamic_partitions(UPLOADS_PARTITIONS_NAME) == ["shop/sf1/orders"]
         assert last_observed_version(instance, "shop/sf1/orders") == version
+
+
+def test_upload_of_columns_no_loader_can_create_exits_2_naming_file_and_column(
+    crucible_home: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "orders.parquet"
+    columns = [pa.array([1]), pa.array([2]), pa.array([[1, 2]])]
+    pq.write_table(pa.Table.from_arrays(columns, names=["ID", "id", "items"]), path)
+
+    outcome = runner.invoke(app, ["fixtures", "upload", "shop/sf1/orders", str(path)])
+
+    assert outcome.exit_code == EXIT_INVALID
+    output = " ".join(outcome.output.split())
+    assert f"{path}: column 'ID': 2 columns have this name when case is ignored" in output
+    assert f"{path}: column 'items': has the nested type" in output
+    assert "Traceback" not in outcome.output
+    assert not (crucible_home / "storage" / "fixtures").exists()
+
+
+def test_upload_of_a_folder_exits_2_saying_it_is_a_folder(
+    crucible_home: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "orders"
+    folder.mkdir()
+    write_parquet(folder / "a.parquet")
+
+    outcome = runner.invoke(app, ["fixtures", "upload", "shop/sf1/orders", str(folder)])
+
+    assert outcome.exit_code == EXIT_INVALID
+    assert f"{folder}: is a folder, not a Parquet file" in " ".join(outcome.output.split())
+    assert "no such file" not in outcome.output
+
+
+def test_malformed_fixture_id_is_named_once(crucible_home: Path, tmp_path: Path) -> None:
+    outcome = runner.invoke(
+        app, ["fixtures", "upload", "sales/orders", str(write_parquet(tmp_path / "a.pq"))]
+    )
+
+    assert outcome.exit_code == EXIT_INVALID
+    assert "fixture id 'sales/orders': expected <dataset>/sf<scale>/<table>" in outcome.output
+    assert outcome.output.count("sales/orders") == 1

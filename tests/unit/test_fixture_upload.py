@@ -1,13 +1,15 @@
 """Uploading a user's Parquet files as a fixture table: checks, part plans, state, manifests."""
 
+import datetime as dt
 import json
+from decimal import Decimal
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from crucible_dagster.errors import ValidationError
+from crucible_dagster.errors import Location, ValidationError
 from crucible_dagster.fixtures.manifest import data_version, read_manifest
 from crucible_dagster.fixtures.refs import FixtureRef
 from crucible_dagster.fixtures.upload import (
@@ -18,6 +20,7 @@ from crucible_dagster.fixtures.upload import (
     UploadState,
     UploadStateStore,
     check_parquet_files,
+    column_problems,
     file_sha256,
     parse_upload_id,
     part_keys,
@@ -45,6 +48,17 @@ def problems_of(error: ValidationError) -> list[str]:
     return [str(p) for p in error.problems]
 
 
+def write_columns(path: Path, names: list[str], arrays: list[pa.Array]) -> Path:
+    pq.write_table(pa.Table.from_arrays(arrays, names=names), path)
+    return path
+
+
+def column_problems_of(path: Path) -> list[str]:
+    with pytest.raises(ValidationError) as raised:
+        check_parquet_files([path])
+    return problems_of(raised.value)
+
+
 # Fixture ids
 
 
@@ -59,6 +73,7 @@ def test_malformed_upload_id_is_a_validation_error_naming_the_id() -> None:
     [problem] = problems_of(raised.value)
     assert problem.startswith("fixture id 'shop/orders': ")
     assert "<dataset>/sf<scale>/<table>" in problem
+    assert problem.count("shop/orders") == 1
 
 
 @pytest.mark.parametrize("dataset", ["tpch", "tpcds"])
@@ -103,6 +118,168 @@ def test_every_bad_file_is_named_and_explained(tmp_path: Path) -> None:
 def test_no_files_is_a_validation_error() -> None:
     with pytest.raises(ValidationError, match="no Parquet files given"):
         check_parquet_files([])
+
+
+def test_a_folder_is_named_as_a_folder_not_a_missing_file(tmp_path: Path) -> None:
+    folder = tmp_path / "orders"
+    folder.mkdir()
+
+    with pytest.raises(ValidationError) as raised:
+        check_parquet_files([folder])
+
+    [problem] = problems_of(raised.value)
+    assert problem.startswith(f"{folder}: is a folder, not a Parquet file")
+    assert str(folder / "*.parquet") in problem
+
+
+# Checking the columns
+
+
+def test_a_column_name_used_twice_is_refused_naming_file_and_column(tmp_path: Path) -> None:
+    path = write_columns(tmp_path / "a.parquet", ["id", "id"], [pa.array([1]), pa.array([2])])
+
+    [problem] = column_problems_of(path)
+
+    assert problem == f"{path}: column 'id': appears 2 times; each column needs its own name"
+
+
+def test_column_names_differing_only_in_case_are_refused(tmp_path: Path) -> None:
+    path = write_columns(
+        tmp_path / "a.parquet",
+        ["ID", "name", "id"],
+        [pa.array([1]), pa.array(["a"]), pa.array([2])],
+    )
+
+    [problem] = column_problems_of(path)
+
+    assert problem.startswith(f"{path}: column 'ID': 2 columns have this name when case is ignored")
+    assert "('ID', 'id')" in problem
+    assert "names must differ in more than case" in problem
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("", "has an empty name"),
+        ("a\x00b", "its name contains a NUL character"),
+        ("c" * 64, "its name has 64 bytes in UTF-8; PostgreSQL"),
+        # PostgreSQL counts bytes, so 32 two-byte letters are too many.
+        ("é" * 32, "its name has 64 bytes in UTF-8; PostgreSQL"),
+    ],
+)
+def test_column_names_no_sut_can_hold_are_refused(tmp_path: Path, name: str, expected: str) -> None:
+    path = write_columns(tmp_path / "a.parquet", ["id", name], [pa.array([1]), pa.array([2])])
+
+    [problem] = column_problems_of(path)
+
+    assert problem.startswith(f"{path}: column {name!r}: {expected}")
+
+
+def test_a_column_name_of_63_bytes_is_accepted(tmp_path: Path) -> None:
+    path = write_columns(tmp_path / "a.parquet", ["c" * 63], [pa.array([1])])
+
+    assert check_parquet_files([path])[0].schema.names == ["c" * 63]
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        pa.array([[1, 2]], pa.list_(pa.int64())),
+        pa.array([[1, 2]], pa.large_list(pa.int64())),
+        pa.array([[1, 2]], pa.list_(pa.int64(), 2)),
+        pa.array([{"a": 1}], pa.struct([("a", pa.int64())])),
+        pa.array([[("k", 1)]], pa.map_(pa.string(), pa.int64())),
+    ],
+    ids=["list", "large_list", "fixed_size_list", "struct", "map"],
+)
+def test_nested_columns_are_refused_with_the_accepted_types(
+    tmp_path: Path, array: pa.Array
+) -> None:
+    path = write_columns(tmp_path / "a.parquet", ["id", "nested"], [pa.array([1]), array])
+
+    [problem] = column_problems_of(path)
+
+    assert problem.startswith(f"{path}: column 'nested': has the nested type ")
+    assert "no loader takes list, struct, map or union columns" in problem
+    assert "accepted: booleans, integers, floats, decimals, dates, times, timestamps" in problem
+
+
+@pytest.mark.parametrize(
+    "arrow_type",
+    [
+        pa.sparse_union([pa.field("a", pa.int64())]),
+        pa.dense_union([pa.field("a", pa.int64())]),
+        pa.dictionary(pa.int32(), pa.list_(pa.int64())),
+    ],
+    ids=["sparse_union", "dense_union", "dictionary_of_list"],
+)
+def test_unions_and_dictionaries_of_nested_values_are_refused(arrow_type: pa.DataType) -> None:
+    # Parquet cannot store these, but a schema from elsewhere may hold them.
+    schema = pa.schema([pa.field("u", arrow_type)])
+
+    [problem] = column_problems(schema, Location("a.parquet"))
+
+    assert problem.field == "column 'u'"
+    assert problem.message.startswith("has the nested type ")
+
+
+def test_binary_columns_are_refused_saying_only_some_suts_load_them(tmp_path: Path) -> None:
+    path = write_columns(
+        tmp_path / "a.parquet",
+        ["raw", "digest"],
+        [pa.array([b"x"], pa.binary()), pa.array([b"ab"], pa.binary(2))],
+    )
+
+    problems = column_problems_of(path)
+
+    assert [p.split(": ")[1] for p in problems] == ["column 'raw'", "column 'digest'"]
+    assert "binary columns load into DuckDB and SQLite but not into PostgreSQL" in problems[0]
+    assert "hex or base64" in problems[0]
+
+
+def test_durations_and_intervals_are_refused_as_loaded_by_no_sut(tmp_path: Path) -> None:
+    path = write_columns(
+        tmp_path / "a.parquet", ["took"], [pa.array([dt.timedelta(seconds=1)], pa.duration("us"))]
+    )
+
+    [problem] = column_problems_of(path)
+    [interval] = column_problems(
+        pa.schema([pa.field("gap", pa.month_day_nano_interval())]), Location("a.parquet")
+    )
+
+    assert problem.startswith(f"{path}: column 'took': has type duration[us]; no loader maps")
+    assert "store them as integers" in problem
+    assert "no loader maps durations or intervals" in interval.message
+
+
+def test_every_accepted_kind_of_column_passes_the_check(tmp_path: Path) -> None:
+    arrays = {
+        "flag": pa.array([True]),
+        "tiny": pa.array([1], pa.int8()),
+        "big": pa.array([1], pa.uint64()),
+        "ratio": pa.array([0.5], pa.float32()),
+        "price": pa.array([Decimal("1.25")], pa.decimal128(10, 2)),
+        "day": pa.array([dt.date(2024, 1, 2)]),
+        "at": pa.array([dt.time(12, 30)], pa.time64("us")),
+        "seen": pa.array([dt.datetime(2024, 1, 2)], pa.timestamp("us", tz="UTC")),
+        "name": pa.array(["a"], pa.large_string()),
+        "kind": pa.array(["x"]).dictionary_encode(),
+        "nothing": pa.array([None], pa.null()),
+    }
+    path = write_columns(tmp_path / "a.parquet", list(arrays), list(arrays.values()))
+
+    assert check_parquet_files([path])[0].schema.names == list(arrays)
+
+
+def test_column_problems_are_reported_once_for_files_sharing_the_schema(tmp_path: Path) -> None:
+    first = write_columns(tmp_path / "a.parquet", ["id", "ID"], [pa.array([1]), pa.array([2])])
+    second = write_columns(tmp_path / "b.parquet", ["id", "ID"], [pa.array([3]), pa.array([4])])
+
+    with pytest.raises(ValidationError) as raised:
+        check_parquet_files([first, second])
+
+    [problem] = problems_of(raised.value)
+    assert problem.startswith(f"{first}: column 'id': ")
 
 
 # Part plans
@@ -272,6 +449,16 @@ def test_nothing_is_stored_when_one_file_is_bad(tmp_path: Path) -> None:
         upload_fixture(
             storage, ORDERS, [write_parquet(tmp_path / "a.parquet"), bad], state_dir=tmp_path
         )
+
+    assert storage.list() == []
+
+
+def test_nothing_is_stored_when_a_column_cannot_be_loaded(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "store")
+    nested = write_columns(tmp_path / "n.parquet", ["tags"], [pa.array([["a"]])])
+
+    with pytest.raises(ValidationError, match=r"n\.parquet: column 'tags': has the nested type"):
+        upload_fixture(storage, ORDERS, [nested], state_dir=tmp_path)
 
     assert storage.list() == []
 
