@@ -5,6 +5,9 @@ A workload starts with a `-- @type: sql` (or `cql`) header; each query starts wi
 sets how often random choice picks it (default 1) and `-- @param: <name> {type: ...}` declares a
 typed parameter (see `crucible_dagster.params`) that the SQL uses as `:name`; parameterised
 queries run as prepared statements with the values as arguments, never spliced into the text.
+A `:name` the block does not declare is an error, and so is a declaration the SQL never uses.
+A colon is a placeholder only in code, not after `:` or an identifier character, and only
+before a name, so `::int` casts, `:=`, `arr[lo:hi]` and ClickHouse's `{id:UInt32}` are SQL.
 Markers count only at the start of a line that is outside string literals, quoted identifiers,
 dollar-quoted strings and block comments, so SQL text that merely looks like a marker stays in
 its query. Every engine reads the queries parsed here; nothing else parses workload files.
@@ -74,7 +77,7 @@ class Query:
 
     `weight` is the block's `-- @weight:` (None when it has none: random choice then counts it
     as 1). `placeholders` are empty when the query declares no parameters: its SQL is sent as
-    written, colons and all.
+    written.
     """
 
     name: str
@@ -319,7 +322,7 @@ class _BlockReader:
     def _sql(
         self, name: str, body: list[str], first_line: int, params: tuple[QueryParam, ...]
     ) -> tuple[str, tuple[Placeholder, ...]]:
-        """The block's text, stripped, and its placeholders (none without parameters)."""
+        """The block's text, stripped, and its placeholders; each must be declared."""
         kept = [i for i, line in enumerate(body) if line.strip()]
         if not kept:
             return "", ()
@@ -329,8 +332,6 @@ class _BlockReader:
         text_lines[0] = text_lines[0].lstrip()
         text_lines[-1] = text_lines[-1].rstrip()
         sql = "\n".join(text_lines)
-        if not params and not self.invalid_params:
-            return sql, ()
         found: list[tuple[int, int, str]] = []
         _scan(body, self.dialect, placeholders=found)
         starts = [0]
@@ -342,14 +343,8 @@ class _BlockReader:
             if used_name in self.invalid_params:
                 continue
             if used_name not in declared:
-                close = difflib.get_close_matches(used_name, sorted(declared), n=1)
-                hint = f"; did you mean ':{close[0]}'?" if close else ""
                 self.problem(
-                    f"query {name!r} uses ':{used_name}', which no '-- @param:' line declares"
-                    f"{hint} "
-                    "(write ': name', with a space, where a colon is not a parameter)",
-                    first_line + line_index,
-                    column + 1,
+                    _undeclared(name, used_name, declared), first_line + line_index, column + 1
                 )
                 continue
             offset = starts[line_index - top] + column - (lead if line_index == top else 0)
@@ -363,6 +358,18 @@ class _BlockReader:
                     param.line,
                 )
         return sql, tuple(placeholders)
+
+
+def _undeclared(query: str, used: str, declared: set[str]) -> str:
+    close = difflib.get_close_matches(used, sorted(declared), n=1)
+    if close:
+        fix = f"did you mean ':{close[0]}'?"
+    else:
+        fix = f"declare it with '-- @param: {used} {{type: ...}}' in the query's block"
+    return (
+        f"query {query!r} uses ':{used}', which no '-- @param:' line declares; {fix} "
+        f"(where the colon is not a parameter, put a space after it: ': {used}')"
+    )
 
 
 def workload_from_bytes(data: bytes, *, source: str, workload_id: str) -> Workload:
@@ -495,7 +502,9 @@ def _scan(
     escapes), "..." and `...` quoted identifiers, $tag$...$tag$ strings, -- line comments and
     nested /* ... */ block comments. That is all a marker test needs. With `placeholders`, it
     also collects every `:name` in code as (0-based line, 0-based column of the colon, name);
-    `::type` casts are not placeholders.
+    a colon right after another colon (`::type` casts) or an identifier character (`a[lo:hi]`,
+    ClickHouse's `{id:UInt32}`) starts none. It does not know MySQL's `#` line comments, so a
+    `:name` in one counts as a placeholder there; `--` comments have no such trap.
     """
     backslash = dialect in _BACKSLASH_DIALECTS
     dollar = dialect not in _NO_DOLLAR_QUOTE_DIALECTS
@@ -549,7 +558,7 @@ def _scan(
                         i = tag.end()
                 else:
                     code = True
-                    if ch == ":" and placeholders is not None and not (i and line[i - 1] == ":"):
+                    if ch == ":" and placeholders is not None and not (i and _glued(line[i - 1])):
                         name = _PLACEHOLDER_NAME.match(line, i + 1)
                         if name is not None:
                             placeholders.append((number - 1, i, name.group(0)))
@@ -590,3 +599,8 @@ def _scan(
 
 def _ident(ch: str) -> bool:
     return ch.isalnum() or ch in "_$"
+
+
+def _glued(ch: str) -> bool:
+    """A colon right after `ch` continues what is before it and starts no placeholder."""
+    return ch == ":" or _ident(ch)

@@ -1,6 +1,8 @@
 """Fixtures shared by every test: real servers on loopback, started and stopped by PID."""
 
 import secrets
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,9 +18,13 @@ PG_PASSWORD = "canary-" + secrets.token_hex(8)
 @pytest.fixture(scope="session")
 def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPostgres]:
     """A real PostgreSQL 18 server on 127.0.0.1 with password authentication."""
-    server = start_local_postgres(tmp_path_factory.mktemp("pg") / "data", password=PG_PASSWORD)
+    # Not under pytest's temporary folder: another pytest session starting on this machine
+    # makes that folder private to root again, and the server user would lose its data.
+    root = Path(tempfile.mkdtemp(prefix="crucible-test-pg-"))
+    server = start_local_postgres(root / "data", password=PG_PASSWORD)
     yield server
     server.stop()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Whole-plan validation: the plan, then every workload it names, all problems together."""
+"""Whole-plan validation: the plan, its fixtures, then every workload it names, all problems
+together."""
 
 import difflib
 import re
@@ -8,7 +9,9 @@ from typing import Protocol
 import yaml
 
 from crucible_dagster.errors import CrucibleError, Location, Problem, ValidationError
+from crucible_dagster.fixtures import tpcds, tpch
 from crucible_dagster.plan.loading import LoadedPlan, load_plan
+from crucible_dagster.plan.models import FixtureItem
 from crucible_dagster.plan.thresholds import TOTAL
 from crucible_dagster.workload import Workload, load_workload_file, workload_from_bytes
 
@@ -124,17 +127,68 @@ def _weight_problems(loaded: LoadedPlan, workloads: list[Workload]) -> list[Prob
     return problems
 
 
+# The datasets Crucible generates: the scales their fixture asset is partitioned by (the only
+# ones a run generates) and their tables. Uploaded datasets are known only to storage.
+GENERATED_DATASETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    tpch.DATASET: (tpch.SCALES, tpch.TPCH_TABLES),
+    tpcds.DATASET: (tpcds.SCALES, tpcds.TPCDS_TABLES),
+}
+
+
+def fixture_problems(loaded: LoadedPlan) -> list[Problem]:
+    """Fixtures of generated datasets at a scale they are not generated at, or naming a table
+    they do not have; each located at the fixture entry's field."""
+    problems: list[Problem] = []
+    for index, item in enumerate(loaded.plan.test_environment.fixtures):
+        tables = item.fixture_tables()
+        known = GENERATED_DATASETS.get(tables[0].dataset)
+        if known is None:
+            continue
+        scales, names = known
+        dataset, scale = tables[0].dataset, tables[0].scale
+        found: list[tuple[tuple[str | int, ...], str]] = []
+        if scale not in scales:
+            message = f"fixture {dataset} has no scale {scale}; choose one of {', '.join(scales)}"
+            found.append((("scale",), message))
+        found += [
+            (("tables", position), _unknown_table(dataset, table.table, names))
+            for position, table in enumerate(tables)
+            if table.table not in names
+        ]
+        for path, message in found:
+            # The fixture_id form names dataset, scale and table in its one field.
+            path = ("fixture_id",) if isinstance(item, FixtureItem) else path
+            where = ("test_environment", "fixtures", index, *path)
+            problems.append(Problem(loaded.location(*where), message, _field_text(where)))
+    return problems
+
+
+def _field_text(path: tuple[str | int, ...]) -> str:
+    return "".join(
+        f"[{part}]" if isinstance(part, int) else f".{part}" if i else part
+        for i, part in enumerate(path)
+    )
+
+
+def _unknown_table(dataset: str, table: str, names: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(table, names, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"its tables are {', '.join(names)}"
+    return f"{dataset} has no table {table!r}; {hint}"
+
+
 def validate_plan_file(path: Path, storage: WorkloadStorage | None = None) -> list[Problem]:
-    """Every problem of a plan file and its workloads; an empty list means it is valid."""
+    """Every problem of a plan file, its fixtures and its workloads; an empty list means it is
+    valid."""
     try:
         loaded = load_plan(path)
     except ValidationError as error:
         return error.problems + _problems_of_named_workloads(path)
+    problems = fixture_problems(loaded)
     try:
         resolve_workloads(loaded, storage)
     except ValidationError as error:
-        return error.problems
-    return []
+        problems += error.problems
+    return problems
 
 
 def _problems_of_named_workloads(path: Path) -> list[Problem]:

@@ -400,6 +400,69 @@ def test_undeclared_placeholder_is_an_error_with_a_suggestion() -> None:
     assert positions(text) == [(4, 15)]
 
 
+def test_placeholder_in_a_query_without_parameters_is_an_error_at_its_line() -> None:
+    text = "-- @type: sql\n-- @name: A\nSELECT *\nFROM t WHERE id = :nope\n"
+
+    messages = problems(text)
+
+    assert len(messages) == 1
+    assert messages[0].startswith("query 'A' uses ':nope', which no '-- @param:' line declares")
+    assert "declare it with '-- @param: nope {type: ...}'" in messages[0]
+    assert positions(text) == [(4, 19)]
+
+
+def test_parameter_declared_in_another_block_is_undeclared_in_this_one() -> None:
+    text = "-- @type: sql\n-- @name: A\n-- @param: x {type: int, range: [1, 9]}\nSELECT :x\n"
+    text += "-- @name: B\nSELECT :x\n"
+
+    assert positions(text) == [(6, 8)]
+
+
+LEGITIMATE_COLONS = {
+    "postgresql": [
+        "SELECT '2024-01-01'::date, x::int[], (a)::text FROM t",
+        "SELECT arr[1:2], arr[lo:hi], arr[lo:], arr[2:hi] FROM t",
+        "SELECT arr[lo : hi], arr[: hi] FROM t",
+        "SELECT '12:30:00'::time, E'\\':x', \":y\" FROM t",
+        "SELECT f(a := 1) /* :c */ -- :d",
+        "DO $$ BEGIN x := 1; PERFORM :y; END $$",
+    ],
+    "mysql": ["SET @x := 1", "SELECT @x:=@x+1 FROM t", "SELECT 'a\\':b' FROM t"],
+    "clickhouse": [
+        "SELECT * FROM t WHERE id = {id:UInt32} AND s = {name: String}",
+        "SELECT if(a > 1, 'x':'y'), a ? 1 : 2, b?c:d FROM t",
+    ],
+    "cql": ["INSERT INTO u (id, addr) VALUES (1, {street:'x', city: 'y'})"],
+}
+
+
+@pytest.mark.parametrize(
+    ("dialect", "sql"), [(d, sql) for d, sqls in LEGITIMATE_COLONS.items() for sql in sqls]
+)
+def test_colons_that_are_sql_are_not_placeholders(dialect: str, sql: str) -> None:
+    query = parse(f"-- @type: {dialect}\n-- @name: A\n{sql}\n").queries[0]
+
+    assert query.placeholders == ()
+    assert query.render(lambda n: "?", numbered=False) == (sql, ())
+
+
+def test_colon_glued_to_an_identifier_is_not_a_placeholder_even_with_parameters() -> None:
+    text = "-- @type: sql\n-- @name: A\n-- @param: hi {type: int, range: [1, 9]}\n"
+    text += "SELECT arr[lo:hi], {id:UInt32}, :hi::int\n"
+    query = parse(text).queries[0]
+
+    assert [(p.name, query.sql[p.offset : p.end]) for p in query.placeholders] == [("hi", ":hi")]
+
+
+@pytest.mark.parametrize("slice_", ["arr[:hi]", "arr[lo :hi]"])
+def test_slice_colon_before_a_name_needs_a_space_and_the_error_says_so(slice_: str) -> None:
+    messages = problems(f"-- @type: postgresql\n-- @name: A\nSELECT {slice_} FROM t\n")
+
+    assert len(messages) == 1
+    assert "uses ':hi'" in messages[0]
+    assert "put a space after it: ': hi'" in messages[0]
+
+
 def test_declared_parameter_the_sql_never_uses_is_an_error() -> None:
     text = "-- @type: sql\n-- @name: A\n-- @param: x {type: int, range: [1, 9]}\nSELECT 1\n"
 
@@ -412,6 +475,7 @@ def test_parameter_declared_twice_is_an_error() -> None:
     text += "-- @param: x {type: int, range: [1, 5]}\nSELECT :x\n"
 
     assert problems(text) == ["query 'A' declares parameter 'x' twice (first at line 3)"]
+    assert positions(text) == [(4, 12)]
 
 
 def test_bad_parameter_declaration_is_located_in_its_marker() -> None:
