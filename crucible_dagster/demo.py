@@ -25,7 +25,7 @@ def run_demo(
     then the running server is returned with the result."""
     import dagster as dg
 
-    from crucible_dagster.defs.fixtures import tpch_fixture
+    from crucible_dagster.defs.fixtures import add_scale_partition, tpch_fixture
     from crucible_dagster.defs.instance import ensure_dagster_home
     from crucible_dagster.defs.resources import CrucibleResource
     from crucible_dagster.plan import load_plan
@@ -54,6 +54,7 @@ def run_demo(
         with dg.DagsterInstance.get() as instance:
             for scale in scales:
                 console.print(f"materializing fixtures/tpch partition {scale}", highlight=False)
+                add_scale_partition(instance, "tpch", scale)
                 outcome = dg.materialize(
                     [tpch_fixture],
                     partition_key=scale,

@@ -31,9 +31,7 @@ from crucible_dagster.errors import CrucibleError, RunError, SutError
 from crucible_dagster.fixtures.loading import FixtureTableLoad
 from crucible_dagster.fixtures.manifest import FixtureManifest, read_manifest
 from crucible_dagster.fixtures.refs import FixtureRef
-from crucible_dagster.fixtures.tpcds import SCALES as TPCDS_SCALES
 from crucible_dagster.fixtures.tpcds import generate_tpcds
-from crucible_dagster.fixtures.tpch import SCALES as TPCH_SCALES
 from crucible_dagster.fixtures.tpch import generate_tpch
 from crucible_dagster.lease import Heartbeat, Lease, LeaseHolder, LeaseStore
 from crucible_dagster.params import ColumnParam, sample_column
@@ -80,11 +78,11 @@ SUT_TAG = "crucible/sut"
 LAUNCH_TAG = "crucible/launch"
 
 
-# Datasets Crucible can generate when a plan needs a fixture that storage does not hold yet,
-# with the scales the fixture asset is partitioned by.
-GENERATORS: dict[str, tuple[Callable[[Storage, str], FixtureManifest], tuple[str, ...]]] = {
-    "tpch": (generate_tpch, TPCH_SCALES),
-    "tpcds": (generate_tpcds, TPCDS_SCALES),
+# Datasets Crucible can generate, at any scale, when a plan needs a fixture that storage does not
+# hold yet.
+GENERATORS: dict[str, Callable[[Storage, str], FixtureManifest]] = {
+    "tpch": generate_tpch,
+    "tpcds": generate_tpcds,
 }
 
 # A CLI run has no queue in front of it, so it waits this long for a busy SUT.
@@ -264,13 +262,6 @@ def check_run(run: PlanRun) -> None:
         raise RunError(f"{loaded.source}: scaling_mode {loaded.plan.execution.scaling_mode!r} "
                        "(shards as Kubernetes pods) is not available in this version of "
                        "Crucible; use scaling_mode: intra_node")  # fmt: skip
-    for table in loaded.plan.test_environment.fixture_tables():
-        generator = GENERATORS.get(table.dataset)
-        if generator is not None and table.scale not in generator[1]:
-            raise RunError(
-                f"{loaded.source}: fixture {table.dataset} has no scale {table.scale}; "
-                f"choose one of {', '.join(generator[1])}"
-            )
     run.workloads = resolve_workloads(loaded, run.storage)
     driver = driver_for(run.sut.sut_type)
     for workload in run.workloads:
@@ -328,7 +319,7 @@ def load_fixtures(
         if generator is None:
             continue  # an uploaded dataset: the loader finds its files or says they are missing
         notify(run, f"generating fixture {dataset} at scale {scale}")
-        manifest = generator[0](run.storage, scale)
+        manifest = generator(run.storage, scale)
         if on_materialized is not None:
             on_materialized(manifest)
     _check_lease(run)

@@ -1,16 +1,31 @@
-"""Fixture assets: generated datasets in object storage, partitioned by scale factor."""
+"""Fixture assets: generated datasets in object storage, partitioned by scale factor.
+
+The scales are dynamic partitions, so any scale factor can be generated: a plan's run adds the
+partition it needs, and the UI's launchpad can add one (`0.5`, `3`, `100`...).
+"""
 
 import dagster as dg
 
 from crucible_dagster.defs.resources import CrucibleResource
 from crucible_dagster.fixtures.manifest import FixtureManifest
-from crucible_dagster.fixtures.tpcds import SCALES as TPCDS_SCALES
 from crucible_dagster.fixtures.tpcds import generate_tpcds
-from crucible_dagster.fixtures.tpch import SCALES, generate_tpch
+from crucible_dagster.fixtures.tpch import generate_tpch
 from crucible_dagster.storage import storage_from_url
 
-tpch_scales = dg.StaticPartitionsDefinition(list(SCALES))
-tpcds_scales = dg.StaticPartitionsDefinition(list(TPCDS_SCALES))
+tpch_scales = dg.DynamicPartitionsDefinition(name="tpch_scales")
+tpcds_scales = dg.DynamicPartitionsDefinition(name="tpcds_scales")
+# The partitions definition of each generated dataset's asset.
+SCALE_PARTITIONS: dict[str, dg.DynamicPartitionsDefinition] = {
+    "tpch": tpch_scales,
+    "tpcds": tpcds_scales,
+}
+
+
+def add_scale_partition(instance: dg.DagsterInstance, dataset: str, scale: str) -> None:
+    """Makes `scale` a partition of the dataset's asset, so it can be materialized there."""
+    name = SCALE_PARTITIONS[dataset].name
+    if name is not None and not instance.has_dynamic_partition(name, scale):
+        instance.add_dynamic_partitions(name, [scale])
 
 
 def manifest_metadata(manifest: FixtureManifest) -> dict[str, dg.MetadataValue]:

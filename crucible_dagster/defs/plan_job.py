@@ -14,7 +14,7 @@ from dagster._core.definitions.unresolved_asset_job_definition import (
     UnresolvedAssetJobDefinition,
 )
 
-from crucible_dagster.defs.fixtures import manifest_metadata
+from crucible_dagster.defs.fixtures import add_scale_partition, manifest_metadata
 from crucible_dagster.defs.metadata import result_metadata
 from crucible_dagster.defs.resources import CrucibleResource
 from crucible_dagster.engine import Progress
@@ -110,6 +110,7 @@ def build_plan_assets(
         run = _run_of(context)
 
         def materialized(manifest: FixtureManifest) -> None:
+            add_scale_partition(context.instance, manifest.dataset, manifest.scale)
             context.log_event(
                 dg.AssetMaterialization(
                     asset_key=dg.AssetKey(["fixtures", manifest.dataset]),

@@ -129,28 +129,23 @@ def _weight_problems(loaded: LoadedPlan, workloads: list[Workload]) -> list[Prob
 
 # The datasets Crucible generates: the scales their fixture asset is partitioned by (the only
 # ones a run generates) and their tables. Uploaded datasets are known only to storage.
-GENERATED_DATASETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    tpch.DATASET: (tpch.SCALES, tpch.TPCH_TABLES),
-    tpcds.DATASET: (tpcds.SCALES, tpcds.TPCDS_TABLES),
+GENERATED_DATASETS: dict[str, tuple[str, ...]] = {
+    tpch.DATASET: tpch.TPCH_TABLES,
+    tpcds.DATASET: tpcds.TPCDS_TABLES,
 }
 
 
 def fixture_problems(loaded: LoadedPlan) -> list[Problem]:
-    """Fixtures of generated datasets at a scale they are not generated at, or naming a table
-    they do not have; each located at the fixture entry's field."""
+    """Fixtures naming a table a generated dataset does not have, each located at the fixture
+    entry's field. (Any scale factor can be generated; the plan model checks its form.)"""
     problems: list[Problem] = []
     for index, item in enumerate(loaded.plan.test_environment.fixtures):
         tables = item.fixture_tables()
-        known = GENERATED_DATASETS.get(tables[0].dataset)
-        if known is None:
+        dataset = tables[0].dataset
+        names = GENERATED_DATASETS.get(dataset)
+        if names is None:
             continue
-        scales, names = known
-        dataset, scale = tables[0].dataset, tables[0].scale
-        found: list[tuple[tuple[str | int, ...], str]] = []
-        if scale not in scales:
-            message = f"fixture {dataset} has no scale {scale}; choose one of {', '.join(scales)}"
-            found.append((("scale",), message))
-        found += [
+        found: list[tuple[tuple[str | int, ...], str]] = [
             (("tables", position), _unknown_table(dataset, table.table, names))
             for position, table in enumerate(tables)
             if table.table not in names

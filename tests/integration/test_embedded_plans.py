@@ -21,7 +21,7 @@ SELECT n_name FROM nation WHERE n_nationkey = :key;
 
 
 def write_embedded_plan(
-    folder: Path, name: str, sut_type: str, target_db: str, shards: int
+    folder: Path, name: str, sut_type: str, target_db: str, shards: int, scale: str = "0.01"
 ) -> Path:
     (folder / "workloads").mkdir(parents=True, exist_ok=True)
     (folder / "workloads" / "small.sql").write_text(WORKLOAD)
@@ -33,7 +33,7 @@ test_environment:
   target_db: {target_db}
   component_spec: {{type: {sut_type}}}
   fixtures:
-    - {{dataset: tpch, scale: "0.01", tables: [region, nation]}}
+    - {{dataset: tpch, scale: "{scale}", tables: [region, nation]}}
 execution:
   concurrency: 4
   shards: {shards}
@@ -85,3 +85,17 @@ def test_a_missing_folder_of_the_database_file_is_a_clear_failure(
     assert not success
     assert result["status"] == "failed"
     assert str(missing.parent) in result["error"]
+
+
+def test_a_scale_no_one_generated_before_becomes_a_partition_of_the_fixture_asset(
+    instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    plan = write_embedded_plan(tmp_path / "plans", "odd", "sqlite", "odd.db", 1, scale="0.002")
+
+    success, run_id = execute(plan, instance)
+
+    assert success, stored_result(run_id).get("error")
+    assert instance.get_dynamic_partitions("tpch_scales") == ["0.002"]
+    event = instance.get_latest_materialization_event(dg.AssetKey(["fixtures", "tpch"]))
+    assert event is not None and event.asset_materialization is not None
+    assert event.asset_materialization.partition == "0.002"

@@ -10,7 +10,7 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-from crucible_dagster.defs.fixtures import tpcds_fixture
+from crucible_dagster.defs.fixtures import add_scale_partition, tpcds_fixture
 from crucible_dagster.defs.resources import CrucibleResource
 from crucible_dagster.errors import FixtureError
 from crucible_dagster.fixtures.manifest import FixtureManifest, read_manifest
@@ -254,6 +254,7 @@ def test_tpcds_asset_partition_materializes_the_manifest_into_crucible_storage(
 ) -> None:
     _, expected = tpcds_sf001
     with dg.instance_for_test() as instance:
+        add_scale_partition(instance, "tpcds", "0.01")
         result = dg.materialize(
             [tpcds_fixture],
             partition_key="0.01",

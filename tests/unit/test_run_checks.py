@@ -26,7 +26,6 @@ def checked(tmp_path: Path, text: str) -> None:
     [
         ("executor: native", "executor: k6", "use executor: native"),
         ("scaling_mode: intra_node", "scaling_mode: inter_node", "use scaling_mode: intra_node"),
-        ('scale: "0.01"', 'scale: "0.05"', "choose one of 0.01, 0.1, 1, 3, 10, 30, 100, 300, 1000"),
     ],
 )
 def test_run_refuses_what_this_version_cannot_do(
