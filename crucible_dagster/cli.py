@@ -137,11 +137,22 @@ def results(
         storage = storage_from_url(settings.storage_url, settings)
         result = read_result(storage, run_id) if run_id else latest_result(storage, name)
     if result is None:
-        errors.print(
-            escape(f"no results for plan {name!r} in {storage.describe()}"), highlight=False
-        )
+        message = f"no results for plan {name!r} in {storage.describe()}"
+        if run_id is None and _is_run_id(storage, name):
+            message = f"{name!r} is a run id, not a plan: use `crucible results --run {name}`"
+        errors.print(escape(message), highlight=False)
         raise typer.Exit(EXIT_FAILED)
     _show(result, as_json, with_plan_text=False)
+
+
+def _is_run_id(storage: Storage, name: str) -> bool:
+    from crucible_dagster.errors import StorageError
+    from crucible_dagster.results.store import result_key
+
+    try:
+        return storage.exists(result_key(name))
+    except StorageError:
+        return False
 
 
 @app.command()

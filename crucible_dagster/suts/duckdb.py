@@ -115,9 +115,23 @@ def open_files() -> list[Path]:
 def _open_error(target: SutTarget, path: Path, exc: duckdb.Error) -> SutError:
     message = first_line(exc)
     key = target.identity.sut_type
+    if _is_sqlite_file(path):
+        # DuckDB would reach for its sqlite extension and report that it is missing.
+        return SutError(
+            f"{key}: {path} is a SQLite database, not a DuckDB one; use component_spec.type "
+            "sqlite for it, or another target_db"
+        )
     if "lock" in message.lower():
         return SutError(f"{key}: database file {path} is in use by another process: {message}")
     return SutError(f"{key}: cannot open database file {path}: {message}")
+
+
+def _is_sqlite_file(path: Path) -> bool:
+    try:
+        with path.open("rb") as file:
+            return file.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return False
 
 
 # -- statements ---------------------------------------------------------------------------------

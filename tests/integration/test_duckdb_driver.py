@@ -237,3 +237,12 @@ def test_file_that_is_not_a_duckdb_database_is_a_clear_error(tmp_path: Path) -> 
     with pytest.raises(SutError, match=r"cannot open database file .*notes\.duckdb"):
         asyncio.run(_driver.connect(embedded_target("duckdb", path)))
     assert duck.open_files() == []
+
+
+def test_a_sqlite_file_named_as_a_duckdb_database_says_so(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "other.db"
+    sqlite3.connect(path).execute("CREATE TABLE t (a INTEGER)").connection.commit()
+    with pytest.raises(SutError, match="is a SQLite database, not a DuckDB one"):
+        asyncio.run(_driver.connect(embedded_target("duckdb", path)))

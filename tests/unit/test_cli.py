@@ -85,6 +85,26 @@ def test_results_prints_the_latest_result_as_one_json_object(
     assert "plan_text" not in document
 
 
+def test_results_given_a_run_id_for_a_plan_points_at_run(crucible_home: Path) -> None:
+    from crucible_dagster.results import Result, RunStatus, SutRecord, write_result
+    from crucible_dagster.settings import get_settings
+    from crucible_dagster.storage import storage_from_url
+
+    settings = get_settings()
+    run_id = "demo_tpch_20261203-1200_0a1b2c3d"
+    result = Result(
+        run_id=run_id, plan="demo_tpch", plan_source="s", plan_sha256="h", plan_text="t",
+        status=RunStatus.COMPLETED, concurrency=8, shards=1,
+        sut=SutRecord(type="postgresql", host="h", port=1, database="d", key="k"),
+    )  # fmt: skip
+    write_result(storage_from_url(settings.storage_url, settings), result)
+
+    outcome = runner.invoke(app, ["results", run_id])
+
+    assert outcome.exit_code == EXIT_FAILED
+    assert f"use `crucible results --run {run_id}`" in " ".join(outcome.output.split())
+
+
 def test_validate_reports_workload_problems_even_when_the_plan_is_invalid(tmp_path: Path) -> None:
     (tmp_path / "workloads").mkdir()
     (tmp_path / "workloads" / "w.sql").write_text("-- @type: sql\n-- @name: a\n-- @name: a\nx\n")
