@@ -622,7 +622,9 @@ class _Shard:
             self.warm_done += 1
             return
         service_us = min((ended_ns - started_ns) // 1000, histogram.MAX_TRACKABLE_US)
-        latency_us = min(max(ended_ns - due_ns, 0) // 1000, histogram.MAX_TRACKABLE_US)
+        # The dispatcher may start an execution a little before its due time; its latency is
+        # then its service time, never less.
+        latency_us = min((ended_ns - min(due_ns, started_ns)) // 1000, histogram.MAX_TRACKABLE_US)
         service_index = histogram.counts_index(service_us)
         latency_index = histogram.counts_index(latency_us)
         self.recorders[q].counts[service_index] += 1
