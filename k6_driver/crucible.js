@@ -1,16 +1,26 @@
-// Crucible's k6 driver: runs an already-parsed workload against ClickHouse's HTTP interface.
+// Crucible's k6 driver: runs a workload Crucible has already parsed against the SUT.
 //
-// Everything it needs comes from the JSON file named by CRUCIBLE_K6_INPUT, written by
-// crucible_dagster/engine/k6.py: the queries (name, SQL text to send, weight), the transport
-// (base URL, database, user) and the k6 options (load shape and the per-query thresholds that
-// make k6 export per-query submetrics). The password comes only from CRUCIBLE_K6_PASSWORD.
-// The SQL is sent as written; this script never parses it.
+// Everything comes from the JSON file named by CRUCIBLE_K6_INPUT, written by
+// crucible_dagster/k6/script.py: the queries (SQL segments around parameter slots, weights,
+// pools of argument rows already rendered as SQL literals), how to choose them, the transport,
+// and the k6 options (one scenario and the per-query submetrics). The password comes only from
+// CRUCIBLE_K6_PASSWORD. This script never parses SQL.
+//
+// Every execution is written to the console output (a pipe Crucible reads) as one line:
+//   "<query index> <start, ms since the epoch> <service time, ms>"           on success
+//   "<query index> <start> <service time> <error kind>"                     on failure
+//   "E <query index> <message, base64>"                                     first error per VU
+//   "S <ms since the epoch>"                                                when the load starts
+// from which Crucible builds the same HDR histograms and per-second series as the native
+// engine. k6's own metrics carry the tag `query`, so its summary and remote write split by
+// query too.
 
-import http from "k6/http";
+import exec from "k6/execution";
 import encoding from "k6/encoding";
-import { Counter } from "k6/metrics";
+import { Rate } from "k6/metrics";
+import { connectTransport } from "./transports/index.js";
 
-const INPUT_VERSION = 1;
+const INPUT_VERSION = 2;
 
 const input = JSON.parse(open(__ENV.CRUCIBLE_K6_INPUT));
 if (input.version !== INPUT_VERSION) {
@@ -19,11 +29,12 @@ if (input.version !== INPUT_VERSION) {
 
 export const options = input.options;
 
-const errors = new Counter("crucible_errors");
+const errors = new Rate("crucible_errors");
 const queries = input.queries;
-const transport = input.transport;
+const session = connectTransport(input.transport, __ENV.CRUCIBLE_K6_PASSWORD || "");
+const reported = new Array(queries.length).fill(false);
 
-// Cumulative weights, so a pick is one random number and a short scan.
+// Cumulative weights, so a random pick is one random number and a short scan.
 const cumulative = [];
 let total = 0;
 for (const query of queries) {
@@ -31,27 +42,84 @@ for (const query of queries) {
   cumulative.push(total);
 }
 
-const url = `${transport.url}?database=${encodeURIComponent(transport.database)}`;
-// Basic auth in a header, never in the URL: k6 tags and logs request URLs.
-const credentials = encoding.b64encode(`${transport.user}:${__ENV.CRUCIBLE_K6_PASSWORD || ""}`);
-const headers = { Authorization: `Basic ${credentials}`, "Content-Type": "text/plain" };
-
-function pick() {
+function pickByWeight() {
   const point = Math.random() * total;
   for (let index = 0; index < cumulative.length; index++) {
     if (point < cumulative[index]) {
-      return queries[index];
+      return index;
     }
   }
-  return queries[queries.length - 1];
+  return queries.length - 1;
+}
+
+function nextInSequence() {
+  // Closed model: each virtual user walks the sequence from its start; open models: one order
+  // across all starts of the scenario.
+  const open = options.scenarios.crucible.executor.endsWith("arrival-rate");
+  const step = open ? exec.scenario.iterationInTest : exec.vu.iterationInScenario;
+  return input.sequence[step % input.sequence.length];
+}
+
+const choose = input.choice === "sequence" ? nextInSequence : pickByWeight;
+
+function sqlOf(query) {
+  if (query.slots.length === 0) {
+    return query.segments[0];
+  }
+  const row = query.pool[Math.floor(Math.random() * query.pool.length)];
+  let sql = query.segments[0];
+  for (let slot = 0; slot < query.slots.length; slot++) {
+    sql += row[query.slots[slot]] + query.segments[slot + 1];
+  }
+  return sql;
+}
+
+export function setup() {
+  console.log(`S ${Date.now()}`);
 }
 
 export default function () {
-  const query = pick();
+  const index = choose();
+  const query = queries[index];
   const tags = { query: query.name };
-  // Rows are read and dropped: only timing and status matter here.
-  const response = http.post(url, query.sql, { headers, tags, responseType: "none" });
-  // Limitation: ClickHouse can append an exception to a body that started with 200 OK; such an
-  // execution counts as a success here because the body is not read.
-  errors.add(response.status === 200 ? 0 : 1, tags);
+  const sql = sqlOf(query);
+  const started = Date.now();
+  const outcome = session.execute(sql, tags);
+  errors.add(!outcome.ok, tags);
+  if (outcome.ok) {
+    console.log(`${index} ${started} ${outcome.ms}`);
+    return;
+  }
+  console.log(`${index} ${started} ${outcome.ms} ${outcome.kind || "other"}`);
+  if (!reported[index]) {
+    reported[index] = true;
+    console.log(`E ${index} ${encoding.b64encode(outcome.error || "unknown error")}`);
+  }
+}
+
+// k6's end-of-test summary goes to a file for Crucible, and, under Dagster Pipes, the run's
+// totals go back as a Pipes message (the JavaScript side of the protocol: plain JSON lines).
+export function handleSummary(data) {
+  const files = {};
+  if (__ENV.CRUCIBLE_K6_SUMMARY) {
+    files[__ENV.CRUCIBLE_K6_SUMMARY] = JSON.stringify(data);
+  }
+  if (__ENV.CRUCIBLE_PIPES_MESSAGES) {
+    const message = (method, params) =>
+      JSON.stringify({ __dagster_pipes_version: "0.1", method, params });
+    const metric = (name) => (data.metrics[name] ? data.metrics[name].values : {});
+    const payload = {
+      shard: Number(__ENV.CRUCIBLE_K6_SHARD || 0),
+      iterations: metric("iterations").count || 0,
+      dropped_iterations: metric("dropped_iterations").count || 0,
+      http_reqs: metric("http_reqs").count || 0,
+    };
+    files[__ENV.CRUCIBLE_PIPES_MESSAGES] = [
+      message("opened", { extras: {} }),
+      message("report_custom_message", { payload }),
+      message("closed", {}),
+      "",
+    ].join("\n");
+  }
+  return files;
 }

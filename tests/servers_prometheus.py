@@ -126,6 +126,8 @@ def start_prometheus_servers(work_dir: Path, timeout_s: float = 30.0) -> Prometh
                 f"--storage.tsdb.path={work_dir / 'data'}",
                 f"--web.listen-address=127.0.0.1:{prometheus_port}",
                 "--storage.tsdb.retention.time=1h",
+                # The k6 engine's live metrics arrive by remote write.
+                "--web.enable-remote-write-receiver",
             ],
             work_dir / "prometheus.log",
             work_dir,

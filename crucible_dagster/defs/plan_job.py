@@ -15,6 +15,7 @@ from dagster._core.definitions.unresolved_asset_job_definition import (
 )
 
 from crucible_dagster.defs.fixtures import add_scale_partition, manifest_metadata
+from crucible_dagster.defs.k6_pipes import pipes_k6_launch
 from crucible_dagster.defs.metadata import result_metadata
 from crucible_dagster.defs.resources import CrucibleResource
 from crucible_dagster.engine import Progress
@@ -125,9 +126,9 @@ def build_plan_assets(
     @dg.op(
         name=f"{name}__run_load",
         ins={"after": dg.In(dg.Nothing)},
-        description="Preflights every query, then drives the load with the native engine.",
+        description="Preflights every query, then drives the load with the plan's engine.",
     )
-    def run_load_op(context: dg.OpExecutionContext) -> None:
+    def run_load_op(context: dg.OpExecutionContext) -> dg.Output[None]:
         run = _run_of(context)
         last_log = [0.0]
 
@@ -145,8 +146,11 @@ def build_plan_assets(
                     update.active_vus,
                 )
 
+        run.k6_launch = pipes_k6_launch(context)
         with _step(context, run):
             run_the_load(run, on_progress=progress)
+        # Explicit: after a Pipes session (the k6 engine's), Dagster wants the output named.
+        return dg.Output(None)
 
     @dg.op(
         name=f"{name}__write_results",

@@ -155,6 +155,8 @@ class Measurement:
     shard_health: list[ShardHealth] = field(default_factory=list)
     generator_bottleneck: str | None = None
     intervals_lost: int = 0
+    # Open-model starts dropped before a query was chosen (the k6 engine): total only.
+    dropped_unassigned: int = 0
 
     @property
     def duration_s(self) -> float:

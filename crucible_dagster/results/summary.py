@@ -77,7 +77,7 @@ def summarise(
     window_s = (measurement.ended_at - measurement.started_at).total_seconds()
     workload_of = workload_of or {}
     queries = [_from_measurement(q, window_s, workload_of.get(q.name)) for q in measurement.queries]
-    total = _total(measurement.queries, window_s)
+    total = _total(measurement.queries, window_s, measurement.dropped_unassigned)
     return queries, total
 
 
@@ -98,7 +98,9 @@ def _from_measurement(q: QueryMeasurement, window_s: float, workload_id: str | N
     )
 
 
-def _total(queries: Sequence[QueryMeasurement], window_s: float) -> QueryResult:
+def _total(
+    queries: Sequence[QueryMeasurement], window_s: float, dropped_unassigned: int = 0
+) -> QueryResult:
     merged = merge(q.histogram for q in queries)
     timed = [q.latency_histogram for q in queries if q.latency_histogram is not None]
     merged_latency = merge(timed) if timed else None
@@ -115,7 +117,7 @@ def _total(queries: Sequence[QueryMeasurement], window_s: float) -> QueryResult:
         histogram=merged,
         window_s=window_s,
         latency_histogram=merged_latency,
-        dropped=sum(q.dropped for q in queries),
+        dropped=sum(q.dropped for q in queries) + dropped_unassigned,
         late=sum(q.late for q in queries),
         # The first query's sample stands for the run, named so a reader knows where it is from.
         first_error=next(

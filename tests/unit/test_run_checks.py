@@ -24,7 +24,7 @@ def checked(tmp_path: Path, text: str) -> None:
 @pytest.mark.parametrize(
     ("old", "new", "expected"),
     [
-        ("executor: native", "executor: k6", "use executor: native"),
+        ("executor: native", "executor: k6", "needs a k6 built with xk6-sql"),
         ("scaling_mode: intra_node", "scaling_mode: inter_node", "use scaling_mode: intra_node"),
     ],
 )

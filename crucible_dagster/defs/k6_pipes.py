@@ -1,0 +1,48 @@
+"""k6 under Dagster Pipes: how a plan's op starts the k6 engine's processes.
+
+Each shard's k6 runs through its own `PipesSubprocessClient` (one client per thread, since a
+Pipes session keeps its state on the client). k6 cannot read Pipes' compressed bootstrap
+variables, so the driver writes its messages as plain JSON lines to a file named in an
+ordinary variable, read by `PipesFileMessageReader`: `opened`, one custom message with the
+shard's totals from k6's own summary, then `closed`. Measurements do not travel this way; they
+come from the execution stream (`crucible_dagster.k6.engine`).
+"""
+
+import re
+
+import dagster as dg
+
+from crucible_dagster.k6.engine import PIPES_MESSAGES_ENV, K6Command, K6Exit, Launch
+
+_EXIT_CODE = re.compile(r"failed with code (-?\d+)")
+# PipesSubprocessClient passes its own environment on; these keep k6's requests off any proxy.
+_NO_PROXY = {"NO_PROXY": "*", "no_proxy": "*", "HTTP_PROXY": "", "HTTPS_PROXY": ""}
+
+
+def pipes_k6_launch(context: dg.OpExecutionContext) -> Launch:
+    """A k6 launch that runs each k6 process under `PipesSubprocessClient` in `context`."""
+
+    def launch(command: K6Command) -> K6Exit:
+        messages = command.log_path.with_suffix(".pipes.jsonl")
+        client = dg.PipesSubprocessClient(
+            message_reader=dg.PipesFileMessageReader(str(messages)),
+            # SIGINT on interrupt only reaches the thread that waits, which is not the op's
+            # main thread; the engine stops k6 through its REST API instead.
+            forward_termination=False,
+        )
+        env = {**command.env, **_NO_PROXY, PIPES_MESSAGES_ENV: str(messages)}
+        try:
+            invocation = client.run(
+                context=context,
+                command=list(command.argv),
+                env=env,
+                extras={"shard": command.shard},
+            )
+        except dg.DagsterPipesExecutionError as error:
+            found = _EXIT_CODE.search(str(error))
+            return K6Exit(int(found.group(1)) if found else 1)
+        for payload in invocation.get_custom_messages():
+            context.log.info("k6 shard %s summary: %s", command.shard, payload)
+        return K6Exit(0)
+
+    return launch
