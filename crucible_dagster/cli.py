@@ -75,7 +75,9 @@ def validate(
     plans: Annotated[list[Path], typer.Argument(help="Plan files or folders of plans.")],
 ) -> None:
     """Reports every problem of the plans and their workloads, with file, line and column."""
-    from crucible_dagster.plan import validate_plan_file
+    from crucible_dagster.plan import load_plan, validate_plan_file
+    from crucible_dagster.run import engine_problems
+    from crucible_dagster.settings import get_settings
 
     paths: list[Path] = []
     for item in plans:
@@ -87,6 +89,8 @@ def validate(
     with _user_errors():
         for path in paths:
             problems = validate_plan_file(path, storage=_storage_or_none())
+            if not problems:
+                problems = engine_problems(load_plan(path), get_settings())
             for problem in problems:
                 errors.print(
                     f"[red]error[/red] {escape(str(problem))}", highlight=False, soft_wrap=True

