@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
+from typing import Any
 
 from crucible_dagster.engine import histogram
 from crucible_dagster.engine.health import generator_bottleneck
@@ -32,8 +33,9 @@ from crucible_dagster.errors import RunError, SutError
 from crucible_dagster.suts.base import SutTarget
 from crucible_dagster.suts.driver import driver_for
 
-# Limitation: the native engine drives PostgreSQL only (asyncpg); other SUT types need their own
-# async driver behind the same shard loop, or the k6 engine.
+# What a shard process runs: its spec, the channel to the parent, `go`, `halt`, the start instant.
+ShardEntry = Callable[[Any, Any, Any, Any, Any], None]
+
 # Spawning a shard imports asyncpg, uvloop and hdrh before it can connect.
 SPAWN_ALLOWANCE_S = 60.0
 # The shared start instant lies this far ahead of the release, so every shard sleeps to it.
@@ -53,6 +55,8 @@ def run_load(
     stop: threading.Event | None = None,
     intervals_path: Path | None = None,
     on_interval: Callable[[int, int, Sequence[IntervalRow]], None] | None = None,
+    entry: ShardEntry = shard_main,
+    spec_for: Callable[[int], object] | None = None,
 ) -> Measurement:
     """Runs the load `shape` describes against `target` and returns the merged measurement.
 
@@ -64,6 +68,10 @@ def run_load(
     at once (hand the rows to another thread); an exception from it is counted, not raised. No
     shard process outlives this call. A SUT that cannot be reached raises SutError before any
     load is sent.
+
+    `entry` is what each shard process runs, given `spec_for(shard)` (by default the native
+    engine's `ShardSpec`) and the channel, events and start instant described in
+    `engine.shard`; another engine plugs in here by speaking the same messages.
     """
     validate_shape(shape)
     if not queries:
@@ -78,6 +86,8 @@ def run_load(
         stop,
         intervals_path,
         on_interval=on_interval,
+        entry=entry,
+        spec_for=spec_for,
     )
     return run.execute()
 
@@ -111,6 +121,8 @@ class _Run:
     on_interval: Callable[[int, int, Sequence[IntervalRow]], None] | None = None
     # Exceptions raised by on_interval: a listener's bug must not stop the load.
     on_interval_errors: int = 0
+    entry: "ShardEntry" = shard_main
+    spec_for: Callable[[int], object] | None = None
     states: list[_ShardState] = field(default_factory=list)
     halted_at: float | None = None
     stopped: bool = False
@@ -130,8 +142,14 @@ class _Run:
         )
         self.processes: list[SpawnProcess] = [
             context.Process(
-                target=shard_main,
-                args=(self._spec(i), self.channel, self.go, self.halt, self.start_at),
+                target=self.entry,
+                args=(
+                    self.spec_for(i) if self.spec_for is not None else self._spec(i),
+                    self.channel,
+                    self.go,
+                    self.halt,
+                    self.start_at,
+                ),
                 name=f"crucible-shard-{i}",
                 daemon=True,
             )
@@ -152,28 +170,7 @@ class _Run:
                 self.intervals.close()
 
     def _spec(self, shard: int) -> ShardSpec:
-        shape = self.shape
-        common = {
-            "shard": shard,
-            "target": self.target,
-            "queries": self.queries,
-            "hold_end_s": shape.planned_s,
-            "graceful_stop_s": shape.graceful_stop_s,
-            "seed": shard_seed(shape.seed, shard),
-            "warm_up_s": shape.warm_up_s,
-            "query_choice": shape.query_choice,
-        }
-        if not shape.is_open:
-            starts = vu_start_times(shape)[shard]
-            return ShardSpec(vu_starts_s=tuple(starts), **common)  # type: ignore[arg-type]
-        pre, most = shard_vus(shape)[shard]
-        return ShardSpec(
-            vu_starts_s=(),
-            shape=shape,
-            pre_allocated_vus=pre,
-            max_vus=most,
-            **common,  # type: ignore[arg-type]
-        )
+        return native_shard_spec(self.target, self.queries, self.shape, shard)
 
     def _wait_until_ready(self) -> None:
         deadline = time.monotonic() + self.target.connect_timeout_s + SPAWN_ALLOWANCE_S
@@ -285,45 +282,13 @@ class _Run:
         self.halt.set()
 
     def _measurement(self) -> Measurement:
-        results = [s.result for s in self.states if s.result is not None]
-        measured_from = self.started + self.shape.warm_up_s
-        hold_end = self.started + self.shape.planned_s
-        ended = hold_end if self.halted_at is None else min(self.halted_at, hold_end)
-        ended = max(ended, measured_from)
-        health = [r.health for r in results if r.health is not None]
-        queries = [
-            QueryMeasurement(
-                name=query.name,
-                count=sum(r.counts[q] for r in results),
-                errors=sum(r.errors[q] for r in results),
-                errors_by_kind=_sum_kinds(r.errors_by_kind[q] for r in results),
-                interrupted=sum(r.interrupted[q] for r in results),
-                histogram=histogram.merge(histogram.decode(r.histograms[q]) for r in results),
-                first_error=next((r.first_errors[q] for r in results if r.first_errors[q]), None),
-                latency_histogram=(
-                    histogram.merge(
-                        histogram.decode(r.latency_histograms[q])
-                        for r in results
-                        if r.latency_histograms is not None
-                    )
-                    if self.shape.is_open
-                    else None
-                ),
-                dropped=sum(r.dropped[q] for r in results if r.dropped is not None),
-                late=sum(r.late[q] for r in results if r.late is not None),
-            )
-            for q, query in enumerate(self.queries)
-        ]
-        return Measurement(
-            started_at=datetime.fromtimestamp(measured_from, UTC),
-            ended_at=datetime.fromtimestamp(ended, UTC),
-            queries=queries,
-            shards=self.shape.shards,
-            interrupted_by_stop=self.stopped,
-            start_skew_s=max((r.start_delay_s for r in results), default=0.0),
-            shard_health=sorted(health, key=lambda h: h.shard),
-            generator_bottleneck=generator_bottleneck(health),
-            intervals_lost=sum(r.intervals_lost for r in results),
+        return merge_shard_results(
+            self.queries,
+            self.shape,
+            [s.result for s in self.states if s.result is not None],
+            started=self.started,
+            halted_at=self.halted_at,
+            stopped=self.stopped,
         )
 
     def _shut_down(self) -> None:
@@ -358,6 +323,89 @@ class _Run:
                 self.channel.get_nowait()
             except (queue.Empty, OSError, ValueError):
                 return
+
+
+def native_shard_spec(
+    target: SutTarget, queries: Sequence[EngineQuery], shape: LoadShape, shard: int
+) -> ShardSpec:
+    """The native engine's spec of shard `shard`: its share of the virtual users or starts."""
+    common = {
+        "shard": shard,
+        "target": target,
+        "queries": tuple(queries),
+        "hold_end_s": shape.planned_s,
+        "graceful_stop_s": shape.graceful_stop_s,
+        "seed": shard_seed(shape.seed, shard),
+        "warm_up_s": shape.warm_up_s,
+        "query_choice": shape.query_choice,
+    }
+    if not shape.is_open:
+        starts = vu_start_times(shape)[shard]
+        return ShardSpec(vu_starts_s=tuple(starts), **common)  # type: ignore[arg-type]
+    pre, most = shard_vus(shape)[shard]
+    return ShardSpec(
+        vu_starts_s=(),
+        shape=shape,
+        pre_allocated_vus=pre,
+        max_vus=most,
+        **common,  # type: ignore[arg-type]
+    )
+
+
+def merge_shard_results(
+    queries: Sequence[EngineQuery],
+    shape: LoadShape,
+    results: Sequence[ShardResult],
+    *,
+    started: float,
+    halted_at: float | None,
+    stopped: bool,
+) -> Measurement:
+    """Merges what the shards measured into one measurement of the run.
+
+    `started` is the shared start instant (load clock zero, epoch seconds), `halted_at` when the
+    run was halted early (None: it ran its schedule), `stopped` whether that halt was a stop
+    request. Shards missing from `results` contribute nothing; `shards` is the planned count.
+    """
+    measured_from = started + shape.warm_up_s
+    hold_end = started + shape.planned_s
+    ended = hold_end if halted_at is None else min(halted_at, hold_end)
+    ended = max(ended, measured_from)
+    health = [r.health for r in results if r.health is not None]
+    merged = [
+        QueryMeasurement(
+            name=query.name,
+            count=sum(r.counts[q] for r in results),
+            errors=sum(r.errors[q] for r in results),
+            errors_by_kind=_sum_kinds(r.errors_by_kind[q] for r in results),
+            interrupted=sum(r.interrupted[q] for r in results),
+            histogram=histogram.merge(histogram.decode(r.histograms[q]) for r in results),
+            first_error=next((r.first_errors[q] for r in results if r.first_errors[q]), None),
+            latency_histogram=(
+                histogram.merge(
+                    histogram.decode(r.latency_histograms[q])
+                    for r in results
+                    if r.latency_histograms is not None
+                )
+                if shape.is_open
+                else None
+            ),
+            dropped=sum(r.dropped[q] for r in results if r.dropped is not None),
+            late=sum(r.late[q] for r in results if r.late is not None),
+        )
+        for q, query in enumerate(queries)
+    ]
+    return Measurement(
+        started_at=datetime.fromtimestamp(measured_from, UTC),
+        ended_at=datetime.fromtimestamp(ended, UTC),
+        queries=merged,
+        shards=shape.shards,
+        interrupted_by_stop=stopped,
+        start_skew_s=max((r.start_delay_s for r in results), default=0.0),
+        shard_health=sorted(health, key=lambda h: h.shard),
+        generator_bottleneck=generator_bottleneck(health),
+        intervals_lost=sum(r.intervals_lost for r in results),
+    )
 
 
 def _sum_kinds(kinds: Iterable[dict[str, int]]) -> dict[str, int]:
