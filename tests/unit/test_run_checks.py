@@ -1,5 +1,6 @@
 """What a run refuses before it touches the SUT, each with the plan file and a way out."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,28 @@ def test_an_embedded_database_among_crucibles_own_files_is_refused(
 
     with pytest.raises(RunError, match="among Crucible's own files"):
         run.target()
+
+
+def test_inter_node_refuses_a_literal_password_and_the_k6_engine(
+    crucible_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CRUCIBLE_K8S_IMAGE", "crucible:test")
+    monkeypatch.setenv("CRUCIBLE_K8S_NAMESPACE", "load")
+    monkeypatch.setenv("CRUCIBLE_K8S_PASSWORD_SECRET", "sut-passwords")
+    get_settings.cache_clear()
+    try:
+        pods = DEMO.replace("scaling_mode: intra_node", "scaling_mode: inter_node")
+        literal = re.sub(r"password: .*", "password: hunter2", pods, count=1)
+        with pytest.raises(RunError, match=r"as \{env: NAME\}"):
+            checked(tmp_path / "a", literal)
+        with pytest.raises(RunError, match="k6 engine runs its shards as local processes"):
+            checked(tmp_path / "b", pods.replace("executor: native", "executor: k6"))
+        checked(tmp_path / "c", pods)  # with the settings and an {env: NAME} password: fine
+    finally:
+        get_settings.cache_clear()
+
+
+def test_pod_resources_must_be_kubernetes_quantities(tmp_path: Path) -> None:
+    plan = DEMO.replace("  concurrency:", "  resources: {requests: {cpu: lots}}\n  concurrency:", 1)
+    with pytest.raises(ValidationError, match="not a Kubernetes quantity"):
+        checked(tmp_path, plan)

@@ -1,4 +1,5 @@
-"""k6 under Dagster Pipes: how a plan's op starts the k6 engine's processes.
+"""Dagster Pipes for a plan's op: k6 processes under `PipesSubprocessClient`, shard pods under
+`PipesK8sClient` (`crucible_dagster.launch.k8s`).
 
 Each shard's k6 runs through its own `PipesSubprocessClient` (one client per thread, since a
 Pipes session keeps its state on the client). k6 cannot read Pipes' compressed bootstrap
@@ -9,10 +10,17 @@ come from the execution stream (`crucible_dagster.k6.engine`).
 """
 
 import re
+import threading
+from collections.abc import Sequence
 
 import dagster as dg
 
+from crucible_dagster.engine.model import EngineQuery, LoadShape, Measurement
 from crucible_dagster.k6.engine import PIPES_MESSAGES_ENV, K6Command, K6Exit, Launch
+from crucible_dagster.launch.k8s import KubeAccess, run_pod_load
+from crucible_dagster.launch.pods import PodSettings
+from crucible_dagster.run import PodLoad
+from crucible_dagster.suts.base import SutTarget
 
 _EXIT_CODE = re.compile(r"failed with code (-?\d+)")
 # PipesSubprocessClient passes its own environment on; these keep k6's requests off any proxy.
@@ -46,3 +54,20 @@ def pipes_k6_launch(context: dg.OpExecutionContext) -> Launch:
         return K6Exit(0)
 
     return launch
+
+
+def pod_load_in(context: dg.OpExecutionContext, run_id: str, ready_timeout_s: float) -> PodLoad:
+    """Shard pods launched from `context`, labelled with Crucible's `run_id`."""
+
+    def load(
+        target: SutTarget,
+        queries: Sequence[EngineQuery],
+        shape: LoadShape,
+        pods: PodSettings,
+        access: KubeAccess,
+        stop: threading.Event,
+    ) -> Measurement:
+        return run_pod_load(context, target, queries, shape, run_id=run_id, pods=pods,
+                            access=access, ready_timeout_s=ready_timeout_s, stop=stop)  # fmt: skip
+
+    return load
