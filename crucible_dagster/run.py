@@ -28,6 +28,7 @@ from crucible_dagster.engine import (
     run_load,
 )
 from crucible_dagster.engine.model import EngineParam, LoadModel
+from crucible_dagster.engine.runner import native_shard_spec
 from crucible_dagster.errors import (
     CrucibleError,
     Problem,
@@ -42,13 +43,15 @@ from crucible_dagster.fixtures.tpcds import generate_tpcds
 from crucible_dagster.fixtures.tpch import generate_tpch
 from crucible_dagster.k6.engine import K6Settings, Launch, run_k6_load
 from crucible_dagster.k6.script import driver_input, k6_query, shape_problems
+from crucible_dagster.k6.shard import ENTRY as K6_ENTRY
+from crucible_dagster.k6.shard import k6_shard_specs
 from crucible_dagster.k6.transports import (
     k6_problem,
     transport_environment,
     transport_for,
     transport_options,
 )
-from crucible_dagster.launch.k8s import KubeAccess
+from crucible_dagster.launch.k8s import NATIVE_ENTRY, KubeAccess
 from crucible_dagster.launch.pods import PodResources, PodSettings, SecretKeyRef
 from crucible_dagster.launch.sweeper import sweep_pods
 from crucible_dagster.lease import Heartbeat, Lease, LeaseHolder, LeaseStore
@@ -95,11 +98,13 @@ PLAN_TAG = "crucible/plan"
 SUT_TAG = "crucible/sut"
 LAUNCH_TAG = "crucible/launch"
 
-# Runs shards as pods: target, queries, shape, pod settings, where, the stop event.
+# Runs shards as pods: one spec per shard, the entry the pods run, the target, the queries, the
+# shape, the pod settings, where, and the stop event.
 PodLoad = Callable[
-    [SutTarget, Sequence[EngineQuery], LoadShape, PodSettings, KubeAccess, threading.Event],
+    [Sequence[object], str, SutTarget, Sequence[EngineQuery], LoadShape, PodSettings,
+     KubeAccess, threading.Event],
     Measurement,
-]
+]  # fmt: skip
 
 
 # Datasets Crucible can generate, at any scale, when a plan needs a fixture that storage does not
@@ -305,14 +310,15 @@ def check_run(run: PlanRun) -> None:
 def pods_problem(run: PlanRun) -> str | None:
     """Why this run's shards cannot run as Kubernetes pods, or None when they can."""
     execution = run.loaded.plan.execution
-    if execution.executor == "k6":
-        return ("the k6 engine runs its shards as local processes only in this version of "
-                "Crucible; use scaling_mode: intra_node, or executor: native for pods")  # fmt: skip
     if run.sut.sut_type in EMBEDDED_SUT_TYPES:
         return f"a {run.sut.sut_type} database is a local file, which pods cannot reach"
     if not run.settings.k8s_image:
         return ("shard pods need Crucible's image: set CRUCIBLE_K8S_IMAGE (the Helm chart "
                 "does), or use scaling_mode: intra_node")  # fmt: skip
+    if execution.executor == "k6" and not run.settings.k8s_k6_image:
+        return ("k6 shard pods need the k6 image (k6_driver/Dockerfile): set "
+                "CRUCIBLE_K8S_K6_IMAGE (the Helm chart does), or use scaling_mode: "
+                "intra_node")  # fmt: skip
     if not run.settings.k8s_namespace:
         return "shard pods need a namespace: set CRUCIBLE_K8S_NAMESPACE (the Helm chart does)"
     info = run.loaded.plan.test_environment.component_spec.cluster_info
@@ -342,12 +348,15 @@ def shard_pods(run: PlanRun) -> tuple[PodSettings, KubeAccess]:
         cpu_limit=(limits and limits.cpu) or settings.k8s_cpu_limit,
         memory_limit=(limits and limits.memory) or settings.k8s_memory_limit,
     )
+    k6 = run.loaded.plan.execution.executor == "k6"
     pods = PodSettings(
-        image=settings.k8s_image or "",
+        image=(settings.k8s_k6_image if k6 else settings.k8s_image) or "",
         password_secret=secret,
         resources=resources,
         service_account_name=settings.k8s_service_account,
-        image_pull_policy=settings.k8s_image_pull_policy,
+        image_pull_policy=(
+            settings.k8s_k6_image_pull_policy if k6 else settings.k8s_image_pull_policy
+        ),
         start_lead_s=settings.k8s_start_lead_s,
     )
     kubeconfig = settings.k8s_kubeconfig
@@ -571,8 +580,9 @@ def run_the_load(run: PlanRun, on_progress: Callable[[Progress], None] | None = 
     on_interval = live.add if live is not None else None
 
     def load() -> Measurement:
-        if execution.scaling_mode == "inter_node":
-            return _pod_load(run, target, queries, shape)
+        if execution.scaling_mode == "inter_node" and k6_input is None:
+            specs = [native_shard_spec(target, queries, shape, i) for i in range(shape.shards)]
+            return _pod_load(run, specs, NATIVE_ENTRY, target, queries, shape)
         if k6_input is None:
             return run_load(
                 target,
@@ -591,6 +601,9 @@ def run_the_load(run: PlanRun, on_progress: Callable[[Progress], None] | None = 
             launch=run.k6_launch,
             env=transport_environment(k6_input["transport"]),
         )
+        if execution.scaling_mode == "inter_node":
+            specs = k6_shard_specs(k6_input, shape, k6)
+            return _pod_load(run, specs, K6_ENTRY, target, queries, shape)
         return run_k6_load(
             k6_input,
             shape,
@@ -617,7 +630,12 @@ def run_the_load(run: PlanRun, on_progress: Callable[[Progress], None] | None = 
 
 
 def _pod_load(
-    run: PlanRun, target: SutTarget, queries: list[EngineQuery], shape: LoadShape
+    run: PlanRun,
+    specs: Sequence[object],
+    entry: str,
+    target: SutTarget,
+    queries: list[EngineQuery],
+    shape: LoadShape,
 ) -> Measurement:
     if run.pod_load is None:
         raise RunError("scaling_mode inter_node runs shards as pods from a Dagster op, and this "
@@ -626,7 +644,7 @@ def _pod_load(
     swept = sweep_pods(access.core_api(), access.namespace, run.sut.tag_value, {run.run_id})
     if swept:
         run.say("removed %d shard pod(s) left by dead runs: %s", len(swept), ", ".join(swept))
-    return run.pod_load(target, queries, shape, pods, access, run.stop)
+    return run.pod_load(specs, entry, target, queries, shape, pods, access, run.stop)
 
 
 def k6_driver_input(run: PlanRun, target: SutTarget, shape: LoadShape) -> dict[str, Any]:

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     k8s_namespace: str | None = None
     k8s_image: str | None = None
     k8s_image_pull_policy: str = "IfNotPresent"
+    # The k6 engine's shard pods run the k6 image (k6_driver/Dockerfile).
+    k8s_k6_image: str | None = None
+    k8s_k6_image_pull_policy: str = "IfNotPresent"
     k8s_service_account: str | None = None
     k8s_password_secret: str | None = None
     k8s_cpu_request: str | None = "1"

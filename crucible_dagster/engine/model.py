@@ -195,3 +195,5 @@ class ShardResult:
     late: list[int] | None = None
     health: ShardHealth | None = None
     intervals_lost: int = 0
+    # Open-model starts dropped before a query was chosen (the k6 engine's shards).
+    dropped_unassigned: int = 0

@@ -387,7 +387,8 @@ def merge_shard_results(
                     for r in results
                     if r.latency_histograms is not None
                 )
-                if shape.is_open
+                # The k6 engine's shards time service only.
+                if shape.is_open and any(r.latency_histograms is not None for r in results)
                 else None
             ),
             dropped=sum(r.dropped[q] for r in results if r.dropped is not None),
@@ -405,6 +406,7 @@ def merge_shard_results(
         shard_health=sorted(health, key=lambda h: h.shard),
         generator_bottleneck=generator_bottleneck(health),
         intervals_lost=sum(r.intervals_lost for r in results),
+        dropped_unassigned=sum(r.dropped_unassigned for r in results),
     )
 
 

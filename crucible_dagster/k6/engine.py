@@ -34,7 +34,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,7 +45,13 @@ import psutil
 
 from crucible_dagster.engine import histogram
 from crucible_dagster.engine.intervals import IntervalRow, IntervalWriter
-from crucible_dagster.engine.model import LoadShape, Measurement, Progress, QueryMeasurement
+from crucible_dagster.engine.model import (
+    LoadShape,
+    Measurement,
+    Progress,
+    QueryMeasurement,
+    ShardResult,
+)
 from crucible_dagster.errors import RunError
 from crucible_dagster.k6.script import execution_segments
 
@@ -266,7 +272,12 @@ class _K6Run:
         stop: threading.Event | None,
         intervals_path: Path | None,
         on_interval: Callable[[int, int, Sequence[IntervalRow]], None] | None,
+        *,
+        only_shard: int | None = None,
+        released: Callable[[], float] | None = None,
     ) -> None:
+        self.only_shard = only_shard
+        self.released = released
         self.input = driver_input
         self.shape = shape
         self.settings = settings
@@ -287,12 +298,23 @@ class _K6Run:
         self.http = httpx.Client(timeout=5.0, trust_env=False)
 
     def execute(self) -> Measurement:
+        with self._running() as (shards, started):
+            return self._measurement(shards, started)
+
+    def execute_shard(self) -> ShardResult:
+        """Runs only `only_shard`, released by `released`, and gives its part of the result."""
+        with self._running() as (shards, started):
+            return self._shard_result(shards[0], started)
+
+    @contextlib.contextmanager
+    def _running(self) -> Iterator[tuple[list["_Shard"], float]]:
         work = Path(tempfile.mkdtemp(prefix="crucible-k6-"))
         shards: list[_Shard] = []
+        indexes = range(self.shape.shards) if self.only_shard is None else [self.only_shard]
         try:
             input_path = work / "input.json"
             input_path.write_text(json.dumps(self.input))
-            shards = [self._shard(i, work, input_path) for i in range(self.shape.shards)]
+            shards = [self._shard(i, work, input_path) for i in indexes]
             for shard in shards:
                 shard.thread = threading.Thread(
                     target=self._launch, args=(shard,), name=f"k6-shard-{shard.shard}"
@@ -301,7 +323,7 @@ class _K6Run:
             self._wait_until_paused(shards)
             started = self._release(shards)
             self._supervise(shards, started)
-            return self._measurement(shards, started)
+            yield shards, started
         finally:
             self._shut_down(shards)
             if self.writer is not None:
@@ -405,7 +427,7 @@ class _K6Run:
             time.sleep(READY_POLL_S)
 
     def _release(self, shards: list[_Shard]) -> float:
-        started = time.time() + START_LEAD_S
+        started = self.released() if self.released is not None else time.time() + START_LEAD_S
         self.measured_from_ms = (started + self.shape.warm_up_s) * 1000.0
         self.hold_end_ms = (started + self.shape.planned_s) * 1000.0
 
@@ -542,6 +564,21 @@ class _K6Run:
             interrupted_by_stop=self.halted_at is not None,
             start_skew_s=max(skew, 0.0),
             dropped_unassigned=sum(_dropped(s.summary_path) for s in shards),
+        )
+
+    def _shard_result(self, shard: _Shard, started: float) -> ShardResult:
+        reader = shard.reader
+        setup_delay = 0.0 if reader.setup_ms is None else reader.setup_ms / 1000.0 - started
+        return ShardResult(
+            shard=shard.shard,
+            counts=list(reader.counts),
+            errors=list(reader.errors),
+            errors_by_kind=[dict(sorted(kinds.items())) for kinds in reader.kinds],
+            interrupted=[0] * len(self.names),
+            histograms=[histogram.encode(r.to_histogram()) for r in reader.recorders],
+            first_errors=list(reader.first_errors),
+            start_delay_s=max(setup_delay, 0.0),
+            dropped_unassigned=_dropped(shard.summary_path),
         )
 
     def _shut_down(self, shards: list[_Shard]) -> None:

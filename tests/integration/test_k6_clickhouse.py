@@ -181,7 +181,8 @@ SELECT n_name FROM nation WHERE n_nationkey = :key
 """  # noqa: E501
 
 
-def _plan(folder: Path, name: str, *, port: int, database: str, execution: str) -> Path:
+def plan_file(folder: Path, name: str, *, port: int, database: str, execution: str) -> Path:
+    """A ClickHouse plan whose `executor: native` line is replaced by `execution`."""
     path = plan_job_tests.write_plan(
         folder, name, port=port, database=database, workload=K6_WORKLOAD, workload_id="ch",
         sut_type="clickhouse", username=servers_clickhouse.CH_USER,
@@ -204,7 +205,7 @@ def test_plan_with_executor_k6_runs_through_dagster_to_per_query_results(
 ) -> None:
     database = "k6_" + secrets.token_hex(4)
     execution = "  executor: k6\n  shards: 2\n  thresholds:\n    total: ['p(99)<5000']\n"
-    plan = _plan(tmp_path / "plans", "ch_k6", port=clickhouse.http_port, database=database,
+    plan = plan_file(tmp_path / "plans", "ch_k6", port=clickhouse.http_port, database=database,
                  execution=execution)  # fmt: skip
     try:
         success, run_id = plan_job_tests.execute(plan, instance)

@@ -3,6 +3,7 @@ the real PipesK8sClient against the stand-in Kubernetes API (see tests/k8s_stand
 the real PostgreSQL, merged into one result."""
 
 import os
+import secrets
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,15 +17,21 @@ from crucible_dagster.local_postgres import LocalPostgres
 from crucible_dagster.plan import load_plan
 from crucible_dagster.run import plan_sut
 from crucible_dagster.settings import get_settings
+from tests import servers_clickhouse
 from tests.conftest import PG_PASSWORD
+from tests.integration import test_k6_clickhouse as k6_tests
 from tests.integration import test_plan_job as plan_job_tests
 from tests.k8s_standin import StandinKubernetes
+from tests.servers_clickhouse import CH_PASSWORD, ClickHouseServer
 
 pytestmark = pytest.mark.integration
 
 NAMESPACE = "crucible"
 SECRET = "sut-passwords"
 PASSWORD_ENV = "CRUCIBLE_TEST_PG_PASSWORD"
+CH_PASSWORD_ENV = "CRUCIBLE_TEST_CH_PASSWORD"
+
+clickhouse = servers_clickhouse.clickhouse
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -32,7 +39,9 @@ REPO = Path(__file__).resolve().parents[2]
 def standin() -> Iterator[StandinKubernetes]:
     server = StandinKubernetes(
         workdir=REPO,
-        secrets_by_name={(NAMESPACE, SECRET): {PASSWORD_ENV: PG_PASSWORD}},
+        secrets_by_name={
+            (NAMESPACE, SECRET): {PASSWORD_ENV: PG_PASSWORD, CH_PASSWORD_ENV: CH_PASSWORD}
+        },
         base_env={"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
     ).start()
     yield server
@@ -49,8 +58,10 @@ def instance(
 ) -> Iterator[dg.DagsterInstance]:
     config = standin.write_kubeconfig(tmp_path / "kubeconfig", NAMESPACE)
     monkeypatch.setenv(PASSWORD_ENV, PG_PASSWORD)
+    monkeypatch.setenv(CH_PASSWORD_ENV, CH_PASSWORD)
     for name, value in {
         "CRUCIBLE_K8S_IMAGE": "crucible:test",
+        "CRUCIBLE_K8S_K6_IMAGE": "crucible-k6:test",
         "CRUCIBLE_K8S_NAMESPACE": NAMESPACE,
         "CRUCIBLE_K8S_PASSWORD_SECRET": SECRET,
         "CRUCIBLE_K8S_KUBECONFIG": str(config),
@@ -119,3 +130,34 @@ def test_inter_node_plan_runs_two_pods_merged_into_one_result(
     resources = shard_pods[0]["spec"]["containers"][0]["resources"]
     assert resources["requests"] == {"cpu": "250m", "memory": "256Mi"}
     assert PG_PASSWORD not in str(created)
+
+
+def test_k6_plan_runs_its_shards_as_pods_on_the_k6_image(
+    clickhouse: ClickHouseServer,
+    instance: dg.DagsterInstance,
+    standin: StandinKubernetes,
+    tmp_path: Path,
+) -> None:
+    database = "k6pods_" + secrets.token_hex(4)
+    execution = "  executor: k6\n  shards: 2\n"
+    plan = k6_tests.plan_file(tmp_path / "plans", "k6_pods", port=clickhouse.http_port,
+                              database=database, execution=execution)  # fmt: skip
+    plan.write_text(
+        plan.read_text().replace("scaling_mode: intra_node", "scaling_mode: inter_node")
+    )
+    try:
+        success, run_id = plan_job_tests.execute(plan, instance)
+        result = plan_job_tests.stored_result(run_id)
+    finally:
+        clickhouse.query(f"DROP DATABASE IF EXISTS {database}")
+
+    assert success, result.get("error")
+    assert result["engine"] == "k6" and result["shards"] == 2
+    assert result["status"] == "completed" and result["verdict"] == "passed"
+    for query in result["queries"]:
+        assert query["count"] > 0 and query["errors"] == 0, query
+        assert query["histogram"]
+    shard_pods = [p for p in standin.created if p["metadata"]["labels"].get(LABEL_RUN_ID) == run_id]
+    assert len(shard_pods) == 2
+    assert {p["spec"]["containers"][0]["image"] for p in shard_pods} == {"crucible-k6:test"}
+    assert CH_PASSWORD not in str(standin.created)
