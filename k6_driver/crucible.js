@@ -33,6 +33,33 @@ const errors = new Rate("crucible_errors");
 const queries = input.queries;
 const session = connectTransport(input.transport, __ENV.CRUCIBLE_K6_PASSWORD || "");
 const reported = new Array(queries.length).fill(false);
+// Read at init: k6 does not hand the exported options back to the iterations.
+const openModel = input.options.scenarios.crucible.executor.endsWith("arrival-rate");
+
+// k6 has no seed for Math.random, so choices and pool rows come from a seeded generator of our
+// own (mulberry32), one stream per virtual user from the run's seed, the shard and the VU's
+// number, so a run with the same seed and shape makes the same choices.
+function seededRandom(seed) {
+  let state = seed >>> 0;
+  return function next() {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+let random = null;
+
+function rng() {
+  if (random === null) {
+    // exec.vu is only known inside an iteration; idInTest is unique across shards.
+    const shard = Number(__ENV.CRUCIBLE_K6_SHARD || 0);
+    random = seededRandom(input.seed * 1000003 + shard * 65537 + exec.vu.idInTest);
+  }
+  return random();
+}
 
 // Cumulative weights, so a random pick is one random number and a short scan.
 const cumulative = [];
@@ -43,7 +70,7 @@ for (const query of queries) {
 }
 
 function pickByWeight() {
-  const point = Math.random() * total;
+  const point = rng() * total;
   for (let index = 0; index < cumulative.length; index++) {
     if (point < cumulative[index]) {
       return index;
@@ -55,8 +82,7 @@ function pickByWeight() {
 function nextInSequence() {
   // Closed model: each virtual user walks the sequence from its start; open models: one order
   // across all starts of the scenario.
-  const open = options.scenarios.crucible.executor.endsWith("arrival-rate");
-  const step = open ? exec.scenario.iterationInTest : exec.vu.iterationInScenario;
+  const step = openModel ? exec.scenario.iterationInTest : exec.vu.iterationInScenario;
   return input.sequence[step % input.sequence.length];
 }
 
@@ -66,7 +92,7 @@ function sqlOf(query) {
   if (query.slots.length === 0) {
     return query.segments[0];
   }
-  const row = query.pool[Math.floor(Math.random() * query.pool.length)];
+  const row = query.pool[Math.floor(rng() * query.pool.length)];
   let sql = query.segments[0];
   for (let slot = 0; slot < query.slots.length; slot++) {
     sql += row[query.slots[slot]] + query.segments[slot + 1];
@@ -84,7 +110,14 @@ export default function () {
   const tags = { query: query.name };
   const sql = sqlOf(query);
   const started = Date.now();
-  const outcome = session.execute(sql, tags);
+  let outcome;
+  try {
+    outcome = session.execute(sql, tags);
+  } catch (error) {
+    // A bug of the driver or a transport counts as a failed execution with its message, rather
+    // than as an iteration k6 drops with a log line nobody reads.
+    outcome = { ok: false, ms: Date.now() - started, kind: "other", error: `driver: ${error}` };
+  }
   errors.add(!outcome.ok, tags);
   if (outcome.ok) {
     console.log(`${index} ${started} ${outcome.ms}`);

@@ -10,10 +10,12 @@ come from the execution stream (`crucible_dagster.k6.engine`).
 """
 
 import re
+import shutil
 import threading
 from collections.abc import Sequence
 
 import dagster as dg
+from dagster._core.errors import DagsterPipesExecutionError
 
 from crucible_dagster.engine.model import EngineQuery, LoadShape, Measurement
 from crucible_dagster.k6.engine import PIPES_MESSAGES_ENV, K6Command, K6Exit, Launch
@@ -39,14 +41,18 @@ def pipes_k6_launch(context: dg.OpExecutionContext) -> Launch:
             forward_termination=False,
         )
         env = {**command.env, **_NO_PROXY, PIPES_MESSAGES_ENV: str(messages)}
+        # In a session of its own, as the plain launch does: Ctrl-C reaches the run, which stops
+        # k6 through its API and keeps what was measured, instead of killing k6 mid-run.
+        setsid = shutil.which("setsid")
+        argv = [setsid, *command.argv] if setsid else list(command.argv)
         try:
             invocation = client.run(
                 context=context,
-                command=list(command.argv),
+                command=argv,
                 env=env,
                 extras={"shard": command.shard},
             )
-        except dg.DagsterPipesExecutionError as error:
+        except DagsterPipesExecutionError as error:
             found = _EXIT_CODE.search(str(error))
             return K6Exit(int(found.group(1)) if found else 1)
         for payload in invocation.get_custom_messages():

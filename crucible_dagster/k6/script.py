@@ -130,9 +130,11 @@ def driver_input(
             for q in queries
         ],
         "choice": shape.query_choice,
+        # The driver seeds its own generator with it (k6 has no seed for Math.random).
+        "seed": seed % 2**31,
         "sequence": _sequence(queries) if shape.query_choice == "sequence" else [],
         "transport": transport,
-        "options": k6_options(shape, [q.name for q in queries], seed=seed),
+        "options": k6_options(shape, [q.name for q in queries]),
     }
 
 
@@ -147,7 +149,7 @@ def _sequence(queries: Sequence[K6Query]) -> list[int]:
     return [index for index, q in enumerate(queries) for _ in range(int(q.weight))]
 
 
-def k6_options(shape: LoadShape, names: Sequence[str], *, seed: int) -> dict[str, Any]:
+def k6_options(shape: LoadShape, names: Sequence[str]) -> dict[str, Any]:
     """k6 options for the shape: one scenario, k6's own executors, and the per-query
     submetrics Crucible reads back."""
     thresholds: dict[str, list[str]] = {}
@@ -157,7 +159,6 @@ def k6_options(shape: LoadShape, names: Sequence[str], *, seed: int) -> dict[str
     return {
         "scenarios": {SCENARIO: scenario(shape)},
         "thresholds": thresholds,
-        "randomSeed": seed,
         "summaryTrendStats": ["min", "avg", "med", "p(90)", "p(95)", "p(99)", "max"],
     }
 
@@ -220,6 +221,10 @@ def shape_problems(shape: LoadShape) -> list[Problem]:
                 "(for example rate: 5 per 2s instead of 2.5 per 1s)",
                 "rate",
             )
+        )
+    if shape.planned_s < 1:
+        problems.append(
+            Problem(where, f"k6 runs a load of 1s or more (got {shape.planned_s:g}s)", "hold_for")
         )
     return problems
 

@@ -448,6 +448,9 @@ class PodResources(PlanModel):
     limits: ResourceAmounts = Field(default_factory=ResourceAmounts)
 
 
+# What the engines count while the load runs, summed over all queries: what can abort a run.
+LIVE_AGGREGATIONS = ("rate", "count", "qps", "dropped")
+
 ThresholdEntry = Annotated[
     Annotated[ThresholdText, Tag("text")] | Annotated[ThresholdRule, Tag("rule")],
     Discriminator(lambda value: "text" if isinstance(value, str) else "rule"),
@@ -539,6 +542,18 @@ class Execution(PlanModel):
                     message = ("with query_choice sequence a weight is a repeat count: a whole "
                                f"number, not {weight:g}")  # fmt: skip
                     problems.append((f"query_weights.{name}", message))
+        for target, entries in self.thresholds.items():
+            for index, entry in enumerate(entries):
+                if not isinstance(entry, ThresholdRule) or not entry.abort_on_fail:
+                    continue
+                aggregation = parse_threshold(entry.threshold).aggregation
+                if target != TOTAL or aggregation not in LIVE_AGGREGATIONS:
+                    message = (
+                        "abort_on_fail is watched while the load runs only on total with "
+                        f"{', '.join(LIVE_AGGREGATIONS)}; {entry.threshold!r} on {target} is "
+                        "judged at the end: drop abort_on_fail or watch total instead"
+                    )
+                    problems.append((f"thresholds.{target}.{index}.abort_on_fail", message))
         if self.shards > self.concurrency:
             problems.append(
                 ("shards", f"shards ({self.shards}) must be at most concurrency "

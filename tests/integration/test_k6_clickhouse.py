@@ -119,6 +119,18 @@ def test_a_failing_query_is_counted_by_kind_with_a_sample(clickhouse: ClickHouse
     assert total.errors == broken.errors
 
 
+def test_sequence_choice_runs_each_query_its_repeat_count_in_turn(
+    clickhouse: ClickHouseServer,
+) -> None:
+    shape = LoadShape(concurrency=2, hold_for_s=1.5, shards=2, query_choice="sequence")
+    measurement = _run(clickhouse, shape)
+    one, numbers = measurement.queries
+
+    # Each virtual user walks one, numbers, numbers (weights 1 and 2) from its start.
+    assert one.count > 10 and numbers.errors == 0
+    assert abs(numbers.count - 2 * one.count) <= 2 * shape.concurrency
+
+
 def test_a_stop_ends_every_k6_at_once_and_keeps_what_was_measured(
     clickhouse: ClickHouseServer,
 ) -> None:

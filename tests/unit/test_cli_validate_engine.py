@@ -55,3 +55,75 @@ def test_a_missing_k6_binary_is_named_with_the_setting_to_fix_it(
 def test_the_native_demo_plan_stays_valid(crucible_home: Path) -> None:
     outcome = runner.invoke(app, ["validate", str(PROJECT_ROOT / "plans" / "demo_tpch.yaml")])
     assert outcome.exit_code == 0, outcome.output
+
+
+CLICKHOUSE_PLAN = """\
+test_metadata: {run_label: k6 on ClickHouse}
+test_environment:
+  env_type: long-lived
+  target_db: bench
+  component_spec:
+    type: clickhouse
+    cluster_info: {host: 127.0.0.1, port: 8123, username: default, password: {env: CH_PW}}
+execution:
+  executor: k6
+  concurrency: 2
+  ramp_up: 0s
+  hold_for: HOLD
+  workload:
+    - workload_id: ch
+ARRIVAL"""
+
+
+def _clickhouse_plan(tmp_path: Path, hold_for: str = "10s", arrival: str = "") -> Path:
+    (tmp_path / "workloads").mkdir(exist_ok=True)
+    (tmp_path / "workloads" / "ch.sql").write_text(
+        "-- @type: clickhouse\n-- @name: one\nSELECT 1\n"
+    )
+    path = tmp_path / "ch_k6.yaml"
+    path.write_text(CLICKHOUSE_PLAN.replace("HOLD", hold_for).replace("ARRIVAL", arrival))
+    return path
+
+
+def test_k6_refusals_of_the_load_shape_point_at_the_plan(
+    crucible_home: Path, tmp_path: Path
+) -> None:
+    assert runner.invoke(app, ["validate", str(_clickhouse_plan(tmp_path))]).exit_code == 0
+
+    fractional = _clickhouse_plan(tmp_path, arrival="  arrival_rate: {rate: 2.5}\n")
+    outcome = runner.invoke(app, ["validate", str(fractional)])
+    assert outcome.exit_code == EXIT_INVALID
+    assert "ch_k6.yaml:15:" in outcome.output and "whole arrival rates" in outcome.output
+
+    short = _clickhouse_plan(tmp_path, hold_for="500ms")
+    outcome = runner.invoke(app, ["validate", str(short)])
+    assert outcome.exit_code == EXIT_INVALID
+    assert "ch_k6.yaml:12:" in outcome.output and "1s or more" in outcome.output
+
+
+def test_a_k6_binary_that_is_not_k6_is_named(
+    crucible_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crucible_dagster.settings import get_settings
+
+    monkeypatch.setenv("CRUCIBLE_K6_BINARY", "/bin/true")
+    get_settings.cache_clear()
+    try:
+        outcome = runner.invoke(app, ["validate", str(_clickhouse_plan(tmp_path))])
+    finally:
+        get_settings.cache_clear()
+
+    assert outcome.exit_code == EXIT_INVALID
+    assert "/bin/true is not k6" in outcome.output
+
+
+def test_a_query_named_total_is_refused_at_its_marker(crucible_home: Path, tmp_path: Path) -> None:
+    path = _clickhouse_plan(tmp_path)
+    (tmp_path / "workloads" / "ch.sql").write_text(
+        "-- @type: clickhouse\n-- @name: total\nSELECT 1\n"
+    )
+
+    outcome = runner.invoke(app, ["validate", str(path)])
+
+    assert outcome.exit_code == EXIT_INVALID
+    assert "ch.sql:2:" in outcome.output and "'total' is taken" in outcome.output

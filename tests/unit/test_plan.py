@@ -590,3 +590,18 @@ def test_fixture_tables_follow_the_loaders_name_rule(table: str) -> None:
 
     assert [p.field for p in problems] == ["test_environment.fixtures[0].table"]
     assert "a lowercase letter, then up to 62 lowercase letters" in problems[0].message
+
+
+def test_abort_on_fail_is_refused_where_no_engine_can_watch_it_live() -> None:
+    latency = {"threshold": "p(99)<100", "abort_on_fail": True}
+    per_query = {"threshold": "qps>5", "abort_on_fail": True}
+    thresholds = {"total": [latency, {"threshold": "rate<0.1", "abort_on_fail": True}],
+                  "q1": [per_query]}  # fmt: skip
+
+    problems = problems_of(plan_data(execution={"thresholds": thresholds}))
+
+    assert fields(problems) == [
+        "execution.thresholds.total[0].abort_on_fail",
+        "execution.thresholds.q1[0].abort_on_fail",
+    ]
+    assert "only on total with rate, count, qps, dropped" in problems[0].message
