@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -492,6 +493,9 @@ def _load_dotenv() -> None:
 
 
 def main() -> None:
+    # A shell starts background commands with SIGINT ignored; `kill -INT` (or Ctrl-C after `fg`)
+    # must still stop a run the way Ctrl-C does.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     _load_dotenv()
     # Dagster's own preview and deprecation notices are not for Crucible's users.
     warnings.filterwarnings("ignore")
