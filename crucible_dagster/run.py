@@ -30,7 +30,6 @@ from crucible_dagster.engine import (
     run_load,
 )
 from crucible_dagster.engine.model import EngineParam, LoadModel
-from crucible_dagster.engine.runner import native_shard_spec
 from crucible_dagster.errors import (
     CrucibleError,
     Problem,
@@ -101,10 +100,10 @@ SUT_TAG = "crucible/sut"
 LAUNCH_TAG = "crucible/launch"
 K6_VERSION_TIMEOUT_S = 15.0
 
-# Runs shards as pods: one spec per shard, the entry the pods run, the target, the queries, the
-# shape, the pod settings, where, and the stop event.
+# Runs shards as pods: one spec per shard (None: the native engine's), the entry the pods run,
+# the target, the queries, the shape, the pod settings, where, and the stop event.
 PodLoad = Callable[
-    [Sequence[object], str, SutTarget, Sequence[EngineQuery], LoadShape, PodSettings,
+    [Sequence[object] | None, str, SutTarget, Sequence[EngineQuery], LoadShape, PodSettings,
      KubeAccess, threading.Event],
     Measurement,
 ]  # fmt: skip
@@ -585,18 +584,13 @@ def run_the_load(run: PlanRun, on_progress: Callable[[Progress], None] | None = 
 
     def load() -> Measurement:
         if execution.scaling_mode == "inter_node" and k6_input is None:
-            specs = [native_shard_spec(target, queries, shape, i) for i in range(shape.shards)]
-            return _pod_load(run, specs, NATIVE_ENTRY, target, queries, shape)
+            return _pod_load(run, None, NATIVE_ENTRY, target, queries, shape)
+        # What both engines report to, the same way.
+        listeners: dict[str, Any] = {"on_progress": progress, "stop": run.stop,
+                                     "intervals_path": run.intervals_path,
+                                     "on_interval": on_interval}  # fmt: skip
         if k6_input is None:
-            return run_load(
-                target,
-                queries,
-                shape,
-                on_progress=progress,
-                stop=run.stop,
-                intervals_path=run.intervals_path,
-                on_interval=on_interval,
-            )
+            return run_load(target, queries, shape, **listeners)
         k6 = K6Settings(
             k6_binary=run.settings.k6,
             password=target.password.get_secret_value(),
@@ -608,15 +602,7 @@ def run_the_load(run: PlanRun, on_progress: Callable[[Progress], None] | None = 
         if execution.scaling_mode == "inter_node":
             specs = k6_shard_specs(k6_input, shape, k6)
             return _pod_load(run, specs, K6_ENTRY, target, queries, shape)
-        return run_k6_load(
-            k6_input,
-            shape,
-            k6,
-            on_progress=progress,
-            stop=run.stop,
-            intervals_path=run.intervals_path,
-            on_interval=on_interval,
-        )
+        return run_k6_load(k6_input, shape, k6, **listeners)
 
     try:
         run.measurement = _load_until_done_or_stopped(run, load)
@@ -635,7 +621,7 @@ def run_the_load(run: PlanRun, on_progress: Callable[[Progress], None] | None = 
 
 def _pod_load(
     run: PlanRun,
-    specs: Sequence[object],
+    specs: Sequence[object] | None,
     entry: str,
     target: SutTarget,
     queries: list[EngineQuery],

@@ -19,7 +19,7 @@ from dagster._core.errors import DagsterPipesExecutionError
 
 from crucible_dagster.engine.model import EngineQuery, LoadShape, Measurement
 from crucible_dagster.k6.engine import PIPES_MESSAGES_ENV, K6Command, K6Exit, Launch
-from crucible_dagster.launch.k8s import KubeAccess, run_pod_shards
+from crucible_dagster.launch.k8s import KubeAccess, run_pod_load
 from crucible_dagster.launch.pods import PodSettings
 from crucible_dagster.run import PodLoad
 from crucible_dagster.suts.base import SutTarget
@@ -66,7 +66,7 @@ def pod_load_in(context: dg.OpExecutionContext, run_id: str, ready_timeout_s: fl
     """Shard pods launched from `context`, labelled with Crucible's `run_id`."""
 
     def load(
-        specs: Sequence[object],
+        specs: Sequence[object] | None,
         entry: str,
         target: SutTarget,
         queries: Sequence[EngineQuery],
@@ -75,19 +75,8 @@ def pod_load_in(context: dg.OpExecutionContext, run_id: str, ready_timeout_s: fl
         access: KubeAccess,
         stop: threading.Event,
     ) -> Measurement:
-        launched = run_pod_shards(
-            context,
-            specs,
-            entry=entry,
-            run_id=run_id,
-            sut=target.identity,
-            planned_s=shape.planned_s,
-            graceful_stop_s=shape.graceful_stop_s,
-            pods=pods,
-            access=access,
-            ready_timeout_s=ready_timeout_s,
-            stop=stop,
-        )
-        return launched.measurement(queries, shape)
+        return run_pod_load(context, target, queries, shape, run_id=run_id, pods=pods,
+                            access=access, ready_timeout_s=ready_timeout_s, stop=stop,
+                            specs=specs, entry=entry)  # fmt: skip
 
     return load

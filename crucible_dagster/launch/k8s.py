@@ -189,13 +189,17 @@ def run_pod_load(
     access: KubeAccess,
     ready_timeout_s: float = 300.0,
     stop: threading.Event | None = None,
+    specs: Sequence[object] | None = None,
+    entry: str = NATIVE_ENTRY,
 ) -> Measurement:
-    """The native engine's load as `shape.shards` pods, merged into one measurement."""
-    specs = [native_shard_spec(target, queries, shape, i) for i in range(shape.shards)]
+    """The load as `shape.shards` pods, merged into one measurement: the native engine's unless
+    `specs` (one per shard) and their `entry` say otherwise."""
+    if specs is None:
+        specs = [native_shard_spec(target, queries, shape, i) for i in range(shape.shards)]
     load = run_pod_shards(
         context,
         specs,
-        entry=NATIVE_ENTRY,
+        entry=entry,
         run_id=run_id,
         sut=target.identity,
         planned_s=shape.planned_s,
