@@ -877,6 +877,8 @@ def build_result(run: PlanRun, error: BaseException | None) -> Result:
         else None,
         concurrency=execution.concurrency,
         shards=execution.shards,
+        scaling_mode=execution.scaling_mode,
+        start_skew_s=round(measurement.start_skew_s, 4) if measurement is not None else None,
         workloads=[
             WorkloadRecord(workload_id=w.workload_id, source=w.source, sha256=w.sha256)
             for w in run.workloads

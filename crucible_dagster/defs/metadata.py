@@ -26,6 +26,10 @@ def result_metadata(result: Result, result_uri: str | None) -> dict[str, dg.Meta
         metadata["result"] = dg.MetadataValue.path(result_uri)
     if result.failed_thresholds:
         metadata["failed_thresholds"] = dg.MetadataValue.text("; ".join(result.failed_thresholds))
+    metadata["engine"] = dg.MetadataValue.text(result.engine)
+    metadata["shards"] = dg.MetadataValue.text(f"{result.shards} ({result.scaling_mode})")
+    if result.start_skew_s is not None:
+        metadata["start_skew_ms"] = dg.MetadataValue.float(round(result.start_skew_s * 1000, 3))
     metadata["generator_bottleneck"] = dg.MetadataValue.text(result.generator_bottleneck or "none")
     for health in result.shard_health:
         prefix = f"generator/shard{health.shard}"

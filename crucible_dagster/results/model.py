@@ -133,6 +133,10 @@ class Result(_Model):
     duration_s: float | None = None
     concurrency: int
     shards: int
+    # `intra_node`: shards as local processes; `inter_node`: as Kubernetes pods.
+    scaling_mode: str = "intra_node"
+    # The largest delay between the shards' common start instant and a shard actually starting.
+    start_skew_s: float | None = None
     workloads: list[WorkloadRecord] = Field(default_factory=list)
     fixtures: list[FixtureLoadRecord] = Field(default_factory=list)
     queries: list[QueryResult] = Field(default_factory=list)

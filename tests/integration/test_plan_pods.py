@@ -117,7 +117,8 @@ def test_inter_node_plan_runs_two_pods_merged_into_one_result(
 
     assert success, result.get("error")
     assert result["status"] == "completed" and result["verdict"] == "passed"
-    assert result["shards"] == 2
+    assert result["shards"] == 2 and result["scaling_mode"] == "inter_node"
+    assert 0 <= result["start_skew_s"] < 1.0
     for query in result["queries"]:
         assert query["count"] > 0 and query["errors"] == 0, query
         assert query["histogram"]
