@@ -694,9 +694,9 @@ def engine_problems(run: PlanRun) -> list[Problem]:
         return [Problem(where, problem, "execution.executor")]
     paths = {"rate": ("arrival_rate", "rate")}
     problems = []
-    for problem in shape_problems(load_shape(execution)):
-        path = paths.get(problem.field or "", (problem.field or "",))
-        problems.append(Problem(loaded.location("execution", *path), problem.message,
+    for refused in shape_problems(load_shape(execution)):
+        path = paths.get(refused.field or "", (refused.field or "",))
+        problems.append(Problem(loaded.location("execution", *path), refused.message,
                                 ".".join(("execution", *path))))  # fmt: skip
     return problems
 
