@@ -51,6 +51,8 @@ errors = Console(stderr=True, emoji=False)
 # Exit codes: k6's 99 for thresholds not met (and load aborted), 1 for a failed run,
 # 2 for bad input.
 EXIT_FAILED = 1
+# Ctrl-C before the run could record a result (a shell's 128 + SIGINT).
+EXIT_INTERRUPTED = 130
 EXIT_INVALID = 2
 EXIT_THRESHOLDS = 99
 
@@ -111,14 +113,24 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Runs a plan in this process (no daemon) against the SUT the plan names."""
-    from crucible_dagster.plan import validate_plan_file
+    from crucible_dagster.plan import load_plan, validate_plan_file
+    from crucible_dagster.run import engine_problems, open_run
+    from crucible_dagster.settings import get_settings
 
     with _user_errors():
-        # A mistake in the plan or its workloads is bad input (exit 2), found before any run.
+        # A mistake in the plan, its workloads or what its engine needs is bad input (exit 2),
+        # found before any run.
         problems = validate_plan_file(plan, _storage_or_none())
+        if not problems:
+            problems = engine_problems(open_run(load_plan(plan), get_settings()))
         if problems:
             raise ValidationError(problems)
-        result = _run_plan(plan, quiet=as_json)
+        try:
+            result = _run_plan(plan, quiet=as_json)
+        except KeyboardInterrupt:
+            errors.print("interrupted before the run had a result; nothing was measured",
+                         highlight=False)  # fmt: skip
+            raise typer.Exit(EXIT_INTERRUPTED) from None
     _show(result, as_json)
     raise typer.Exit(_exit_code(result))
 

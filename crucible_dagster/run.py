@@ -219,14 +219,20 @@ class PlanRun:
         return SutTarget(
             identity=self.sut,
             user=info.username,
-            password=SecretStr(
-                info.password.reveal(Path(self.loaded.source).parent) if with_password else ""
-            ),
+            password=SecretStr(self._password(info) if with_password else ""),
             connect_timeout_s=info.connect_timeout.seconds,
             statement_timeout_s=info.statement_timeout.seconds,
             tls=self._tls(info.tls_options()),
             address=connect_address(info.host),
         )
+
+    def _password(self, info: ClusterInfo) -> str:
+        try:
+            return info.password.reveal(Path(self.loaded.source).parent)
+        except CrucibleError as error:
+            where = self.loaded.location("test_environment", "component_spec", "cluster_info",
+                                         "password")  # fmt: skip
+            raise RunError(f"{where}: cluster_info.password: {error}") from None
 
     def _embedded_target(self, info: ClusterInfo | None) -> SutTarget:
         """An embedded SUT's target names its database file: `target_db` as an absolute path,
@@ -293,10 +299,6 @@ def check_run(run: PlanRun) -> None:
             f"{loaded.source}: SUT type {run.sut.sut_type!r} has no native adapter in this "
             f"version of Crucible; supported: {', '.join(supported_sut_types())}"
         )
-    if loaded.plan.execution.scaling_mode == "inter_node":
-        problem = pods_problem(run)
-        if problem is not None:
-            raise RunError(f"{loaded.source}: scaling_mode inter_node: {problem}")
     problems = engine_problems(run)
     if problems:
         raise ValidationError(problems)
@@ -311,28 +313,30 @@ def check_run(run: PlanRun) -> None:
 
 
 def pods_problem(run: PlanRun) -> str | None:
-    """Why this run's shards cannot run as Kubernetes pods, or None when they can."""
+    """Why this run's shards cannot run as Kubernetes pods (every reason at once), or None."""
     execution = run.loaded.plan.execution
     if run.sut.sut_type in EMBEDDED_SUT_TYPES:
         return f"a {run.sut.sut_type} database is a local file, which pods cannot reach"
-    if not run.settings.k8s_image:
-        return ("shard pods need Crucible's image: set CRUCIBLE_K8S_IMAGE (the Helm chart "
-                "does), or use scaling_mode: intra_node")  # fmt: skip
-    if execution.executor == "k6" and not run.settings.k8s_k6_image:
-        return ("k6 shard pods need the k6 image (k6_driver/Dockerfile): set "
-                "CRUCIBLE_K8S_K6_IMAGE (the Helm chart does), or use scaling_mode: "
-                "intra_node")  # fmt: skip
-    if not run.settings.k8s_namespace:
-        return "shard pods need a namespace: set CRUCIBLE_K8S_NAMESPACE (the Helm chart does)"
+    settings = run.settings
+    missing = []
+    if not settings.k8s_image:
+        missing.append("CRUCIBLE_K8S_IMAGE (Crucible's image)")
+    if execution.executor == "k6" and not settings.k8s_k6_image:
+        missing.append("CRUCIBLE_K8S_K6_IMAGE (the k6 image of k6_driver/Dockerfile)")
+    if not settings.k8s_namespace:
+        missing.append("CRUCIBLE_K8S_NAMESPACE (where the pods run)")
     info = run.loaded.plan.test_environment.component_spec.cluster_info
+    if info is not None and not settings.k8s_password_secret:
+        missing.append("CRUCIBLE_K8S_PASSWORD_SECRET (the Secret holding SUT passwords)")
+    reasons = []
+    if missing:
+        reasons.append(f"shard pods need {', '.join(missing)}: the Helm chart sets them; or use "
+                       "scaling_mode: intra_node")  # fmt: skip
     if info is not None and info.password.env is None:
-        return ("pods read the SUT password from a Kubernetes Secret, keyed by the plan's "
-                "variable: write the password as {env: NAME} with NAME a key of the Secret "
-                "CRUCIBLE_K8S_PASSWORD_SECRET names")  # fmt: skip
-    if info is not None and not run.settings.k8s_password_secret:
-        return ("pods read the SUT password from a Kubernetes Secret: set "
-                "CRUCIBLE_K8S_PASSWORD_SECRET to its name (the Helm chart does)")  # fmt: skip
-    return None
+        reasons.append("pods read the SUT password from a Kubernetes Secret, keyed by the plan's "
+                       "variable: write the password as {env: NAME} with NAME a key of the "
+                       "Secret CRUCIBLE_K8S_PASSWORD_SECRET names")  # fmt: skip
+    return "; ".join(reasons) or None
 
 
 def shard_pods(run: PlanRun) -> tuple[PodSettings, KubeAccess]:
@@ -679,10 +683,16 @@ def k6_binary_problem(binary: Path) -> str | None:
 
 
 def engine_problems(run: PlanRun) -> list[Problem]:
-    """What the plan's engine cannot do against its SUT, found without touching it: so far,
-    a SUT the k6 engine cannot reach, a k6 binary that cannot reach it, a shape k6 cannot run."""
+    """What the plan's engine and shards cannot do, found without touching the SUT: shard pods
+    without their settings, a SUT the k6 engine cannot reach, a k6 binary that cannot reach it,
+    a shape k6 cannot run."""
     loaded = run.loaded
     execution = loaded.plan.execution
+    if execution.scaling_mode == "inter_node":
+        problem = pods_problem(run)
+        if problem is not None:
+            where = loaded.location("execution", "scaling_mode")
+            return [Problem(where, problem, "execution.scaling_mode")]
     if execution.executor != "k6":
         return []
     where = loaded.location("execution", "executor")

@@ -9,6 +9,7 @@
 // Every execution is written to the console output (a pipe Crucible reads) as one line:
 //   "<query index> <start, ms since the epoch> <service time, ms>"           on success
 //   "<query index> <start> <service time> <error kind>"                     on failure
+//   "<query index> <start> <service time> interrupted"                      cut off by a stop
 //   "E <query index> <message, base64>"                                     first error per VU
 //   "S <ms since the epoch>"                                                when the load starts
 // from which Crucible builds the same HDR histograms and per-second series as the native
@@ -117,6 +118,11 @@ export default function () {
     // A bug of the driver or a transport counts as a failed execution with its message, rather
     // than as an iteration k6 drops with a log line nobody reads.
     outcome = { ok: false, ms: Date.now() - started, kind: "other", error: `driver: ${error}` };
+  }
+  if (!outcome.ok && String(outcome.error).includes("context canceled")) {
+    // k6 cancelled the request because the run was stopped: interrupted, not an error.
+    console.log(`${index} ${started} ${outcome.ms} interrupted`);
+    return;
   }
   errors.add(!outcome.ok, tags);
   if (outcome.ok) {

@@ -17,8 +17,8 @@ Limitations: k6 has no intended start time for an arrival, so open models report
 only (no latency from the intended start, no late starts), and dropped starts (k6's
 `dropped_iterations`) belong to no query: they are reported in the total. k6's clock for the
 start of an execution is `Date.now()`, in milliseconds; service times keep k6's microseconds.
-Executions cut off by the end of the graceful stop are not counted as interrupted. Generator
-health (CPU, loop lag) is not measured for k6.
+Executions cut off by a stop count as interrupted; those cut off by the end of the graceful
+stop are not counted at all. Generator health (CPU, loop lag) is not measured for k6.
 """
 
 import base64
@@ -68,6 +68,8 @@ START_LEAD_S = 0.2
 READY_POLL_S = 0.1
 # k6 needs a moment past the schedule to run teardown and handleSummary.
 WIND_DOWN_S = 30.0
+# How long the reader may take to reach the end of the stream once k6 has exited.
+READER_END_S = 10.0
 # How long a stopped k6 may take to exit before it is killed.
 STOP_WAIT_S = 10.0
 LOG_TAIL = 2000
@@ -158,6 +160,7 @@ class _Reader:
         self.recorders = [histogram.LatencyRecorder() for _ in range(n)]
         self.counts = [0] * n
         self.errors = [0] * n
+        self.interrupted = [0] * n
         self.kinds: list[dict[str, int]] = [{} for _ in range(n)]
         self.first_errors: list[str | None] = [None] * n
         self.completed = 0  # warm-up included, for progress
@@ -169,13 +172,20 @@ class _Reader:
         # Opened read-write, so opening never blocks and k6 closing it is not an end of file:
         # the end is the marker written once k6 has exited.
         self.fd = os.open(fifo, os.O_RDWR)
+        self.closed = False
         self.thread = threading.Thread(target=self._read, name=f"k6-reader-{shard}", daemon=True)
         self.thread.start()
 
-    def finish(self) -> None:
+    def finish(self) -> bool:
+        """Ends the stream once k6 has exited; False when it did not end in time (another
+        process read the FIFO and took the end marker)."""
+        if self.closed:
+            return True
         os.write(self.fd, _END)
-        self.thread.join()
+        self.thread.join(timeout=READER_END_S)
+        self.closed = True
         os.close(self.fd)
+        return not self.thread.is_alive()
 
     def _read(self) -> None:
         with os.fdopen(os.dup(self.fd), "rb", buffering=1 << 16) as stream:
@@ -206,6 +216,11 @@ class _Reader:
             self.bad_lines += 1
             return
         failed = len(fields) > 3
+        if failed and fields[3] == b"interrupted":
+            # Cut off by a stop: counted apart, as the native engine counts it.
+            if self.run.measured_from_ms <= started_ms < self.run.hold_end_ms:
+                self.interrupted[q] += 1
+            return
         self.completed += 1
         self.failed += failed
         run = self.run
@@ -467,7 +482,9 @@ class _K6Run:
                 next_report = now + 1.0
             time.sleep(0.05)
         for shard in shards:
-            shard.reader.finish()
+            if not shard.reader.finish():
+                raise RunError(f"the execution stream of k6 shard {shard.shard} did not end: "
+                               "another process read its FIFO")  # fmt: skip
             if self.writer is not None:
                 self._drain_intervals()
                 self.writer.shard_finished(shard.shard)
@@ -546,7 +563,7 @@ class _K6Run:
                     count=sum(s.reader.counts[q] for s in shards),
                     errors=sum(s.reader.errors[q] for s in shards),
                     errors_by_kind=dict(sorted(kinds.items())),
-                    interrupted=0,
+                    interrupted=sum(s.reader.interrupted[q] for s in shards),
                     histogram=recorder.to_histogram(),
                     first_error=next(
                         (s.reader.first_errors[q] for s in shards if s.reader.first_errors[q]),
@@ -574,7 +591,7 @@ class _K6Run:
             counts=list(reader.counts),
             errors=list(reader.errors),
             errors_by_kind=[dict(sorted(kinds.items())) for kinds in reader.kinds],
-            interrupted=[0] * len(self.names),
+            interrupted=list(reader.interrupted),
             histograms=[histogram.encode(r.to_histogram()) for r in reader.recorders],
             first_errors=list(reader.first_errors),
             start_delay_s=max(setup_delay, 0.0),
@@ -598,8 +615,7 @@ class _K6Run:
                 if shard.thread is not None:
                     shard.thread.join(timeout=STOP_WAIT_S)
         for shard in shards:
-            if shard.reader.thread.is_alive():
-                shard.reader.finish()
+            shard.reader.finish()
 
 
 def _k6_children(shards: list[_Shard]) -> list[psutil.Process]:

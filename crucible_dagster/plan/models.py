@@ -548,10 +548,15 @@ class Execution(PlanModel):
                     continue
                 aggregation = parse_threshold(entry.threshold).aggregation
                 if target != TOTAL or aggregation not in LIVE_AGGREGATIONS:
+                    way_out = (
+                        "drop abort_on_fail, or abort on one of those"
+                        if target == TOTAL
+                        else "drop abort_on_fail, or put the aborting threshold on total"
+                    )
                     message = (
                         "abort_on_fail is watched while the load runs only on total with "
                         f"{', '.join(LIVE_AGGREGATIONS)}; {entry.threshold!r} on {target} is "
-                        "judged at the end: drop abort_on_fail or watch total instead"
+                        f"judged at the end: {way_out}"
                     )
                     problems.append((f"thresholds.{target}.{index}.abort_on_fail", message))
         if self.shards > self.concurrency:

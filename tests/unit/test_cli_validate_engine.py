@@ -127,3 +127,31 @@ def test_a_query_named_total_is_refused_at_its_marker(crucible_home: Path, tmp_p
 
     assert outcome.exit_code == EXIT_INVALID
     assert "ch.sql:2:" in outcome.output and "'total' is taken" in outcome.output
+
+
+def test_run_refuses_what_validate_refuses_with_exit_2_and_no_run(
+    crucible_home: Path, tmp_path: Path
+) -> None:
+    short = _clickhouse_plan(tmp_path, hold_for="500ms")
+
+    outcome = runner.invoke(app, ["run", str(short)])
+
+    assert outcome.exit_code == EXIT_INVALID
+    assert "ch_k6.yaml:12:" in outcome.output and "1s or more" in outcome.output
+    assert not (crucible_home / "storage" / "results").exists()
+
+
+def test_inter_node_without_kubernetes_settings_names_all_of_them_at_its_line(
+    crucible_home: Path, tmp_path: Path
+) -> None:
+    path = _clickhouse_plan(tmp_path)
+    inter_node = "  executor: k6\n  scaling_mode: inter_node\n"
+    path.write_text(path.read_text().replace("  executor: k6\n", inter_node))
+
+    outcome = runner.invoke(app, ["validate", str(path)])
+
+    assert outcome.exit_code == EXIT_INVALID
+    assert "ch_k6.yaml:10:" in outcome.output
+    for setting in ("CRUCIBLE_K8S_IMAGE", "CRUCIBLE_K8S_K6_IMAGE", "CRUCIBLE_K8S_NAMESPACE",
+                    "CRUCIBLE_K8S_PASSWORD_SECRET"):  # fmt: skip
+        assert setting in outcome.output

@@ -168,9 +168,9 @@ def test_inter_node_refuses_a_literal_password_and_k6_without_its_image(
     try:
         pods = DEMO.replace("scaling_mode: intra_node", "scaling_mode: inter_node")
         literal = re.sub(r"password: .*", "password: hunter2", pods, count=1)
-        with pytest.raises(RunError, match=r"as \{env: NAME\}"):
+        with pytest.raises(ValidationError, match=r"as \{env: NAME\}"):
             checked(tmp_path / "a", literal)
-        with pytest.raises(RunError, match="CRUCIBLE_K8S_K6_IMAGE"):
+        with pytest.raises(ValidationError, match="CRUCIBLE_K8S_K6_IMAGE"):
             checked(tmp_path / "b", pods.replace("executor: native", "executor: k6"))
         checked(tmp_path / "c", pods)  # with the settings and an {env: NAME} password: fine
     finally:
