@@ -12,8 +12,13 @@
 // default) and stops reading there, so a query with more rows is timed to that limit.
 // Tested against a stand-in that answers as the documentation says, not against a real FE.
 
-import http from "k6/http";
-import { basicAuthorization, networkFailure, shortened, timeoutWords } from "./http_common.js";
+import {
+  basicAuthorization,
+  jsonPostExecutor,
+  networkFailure,
+  shortened,
+  timeoutWords,
+} from "./http_common.js";
 
 export function connect(transport, password) {
   const headers = {
@@ -21,24 +26,8 @@ export function connect(transport, password) {
     "Content-Type": "application/json",
     "X-Doris-Stream": "false",
   };
-  const timeout = `${transport.timeout_ms}ms`;
-  return {
-    execute(sql, tags) {
-      const body = JSON.stringify({ stmt: sql });
-      const response = http.post(transport.url, body, {
-        headers,
-        tags,
-        timeout,
-        responseType: "text",
-      });
-      const ms = response.timings.duration;
-      const failure = dorisFailure(response);
-      if (failure === null) {
-        return { ok: true, ms, kind: null, error: null };
-      }
-      return { ok: false, ms, ...failure };
-    },
-  };
+  const body = (sql) => ({ stmt: sql });
+  return jsonPostExecutor(transport.url, headers, transport.timeout_ms, body, dorisFailure);
 }
 
 function dorisFailure(response) {

@@ -1,7 +1,8 @@
-// What the HTTP transports share: the basic-auth header, and what a request that got no HTTP
-// answer at all means.
+// What the HTTP transports share: the basic-auth header, what a request that got no HTTP
+// answer at all means, and a JSON POST executor.
 
 import encoding from "k6/encoding";
+import http from "k6/http";
 
 // Basic auth goes in a header, never in the URL: k6 tags and logs request URLs.
 export function basicAuthorization(user, password) {
@@ -25,4 +26,26 @@ export function shortened(text) {
 
 export function timeoutWords(message) {
   return /time ?out|timed out|deadline exceeded/i.test(message);
+}
+
+// An executor that POSTs `bodyOf(sql)` as JSON to `url` and reads the whole answer, which
+// `failureOf(response)` judges: null for a success, else `{kind, error}`.
+export function jsonPostExecutor(url, headers, timeoutMs, bodyOf, failureOf) {
+  const timeout = `${timeoutMs}ms`;
+  return {
+    execute(sql, tags) {
+      const response = http.post(url, JSON.stringify(bodyOf(sql)), {
+        headers,
+        tags,
+        timeout,
+        responseType: "text",
+      });
+      const ms = response.timings.duration;
+      const failure = failureOf(response);
+      if (failure === null) {
+        return { ok: true, ms, kind: null, error: null };
+      }
+      return { ok: false, ms, ...failure };
+    },
+  };
 }

@@ -9,33 +9,22 @@
 // held in memory until it is checked. Tested against a stand-in that answers as the
 // documentation says, not against a real StarRocks FE.
 
-import http from "k6/http";
-import { basicAuthorization, networkFailure, shortened, timeoutWords } from "./http_common.js";
+import {
+  basicAuthorization,
+  jsonPostExecutor,
+  networkFailure,
+  shortened,
+  timeoutWords,
+} from "./http_common.js";
 
 export function connect(transport, password) {
   const headers = {
     Authorization: basicAuthorization(transport.user, password),
     "Content-Type": "application/json",
   };
-  const timeout = `${transport.timeout_ms}ms`;
   const session = transport.session || {};
-  return {
-    execute(sql, tags) {
-      const body = JSON.stringify({ query: sql, sessionVariables: session });
-      const response = http.post(transport.url, body, {
-        headers,
-        tags,
-        timeout,
-        responseType: "text",
-      });
-      const ms = response.timings.duration;
-      const failure = starrocksFailure(response);
-      if (failure === null) {
-        return { ok: true, ms, kind: null, error: null };
-      }
-      return { ok: false, ms, ...failure };
-    },
-  };
+  const body = (sql) => ({ query: sql, sessionVariables: session });
+  return jsonPostExecutor(transport.url, headers, transport.timeout_ms, body, starrocksFailure);
 }
 
 function starrocksFailure(response) {
