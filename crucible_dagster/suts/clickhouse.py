@@ -246,7 +246,12 @@ def connect_error(exc: BaseException, target: SutTarget, database: str) -> SutEr
             return SutError(f"{key}: database '{database}' does not exist")
         return SutError(f"{key}: the server refused the connection: {exc}")
     if isinstance(exc, httpx.TimeoutException):
-        return SutError(f"cannot reach {key}: no answer within {target.connect_timeout_s:g}s")
+        hint = ""
+        if target.tls is not None:
+            # A plain HTTP port may wait for the end of a request line that a TLS hello never
+            # sends, so the mismatch can show as silence rather than as a plain-text answer.
+            hint = "; cluster_info.tls is on: is TLS served on this port?"
+        return SutError(f"cannot reach {key}: no answer within {target.connect_timeout_s:g}s{hint}")
     mismatch = tls_mismatch(exc)
     if mismatch is not None:
         return SutError(f"{key}: {mismatch}")
