@@ -302,6 +302,11 @@ def check_run(run: PlanRun) -> None:
     problems = engine_problems(run)
     if problems:
         raise ValidationError(problems)
+    if loaded.plan.chaos_spec is not None:
+        # Refused rather than ignored: a run without its faults would measure something else.
+        raise RunError(f"{loaded.location('chaos_spec')}: chaos experiments are not run by "
+                       "this version of Crucible yet; remove chaos_spec to measure the load "
+                       "without faults")  # fmt: skip
     run.workloads = resolve_workloads(loaded, run.storage)
     driver = driver_for(run.sut.sut_type)
     for workload in run.workloads:

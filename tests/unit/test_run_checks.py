@@ -181,3 +181,19 @@ def test_pod_resources_must_be_kubernetes_quantities(tmp_path: Path) -> None:
     plan = DEMO.replace("  concurrency:", "  resources: {requests: {cpu: lots}}\n  concurrency:", 1)
     with pytest.raises(ValidationError, match="not a Kubernetes quantity"):
         checked(tmp_path, plan)
+
+
+def test_a_plan_with_chaos_is_refused_rather_than_run_without_its_faults(
+    crucible_home: Path, tmp_path: Path
+) -> None:
+    chaos = """chaos_spec:
+  engine: chaos-mesh
+  experiments:
+    - name: slow-network
+      fault_type: networkchaos
+      target: {env_type: k8s, namespace: db, selector: {app: db}}
+      schedule: {start_after: 1s, duration: 2s}
+"""
+    with pytest.raises(RunError, match="chaos experiments are not run") as raised:
+        checked(tmp_path, DEMO.rstrip("\n") + "\n" + chaos)
+    assert "p.yaml:" in str(raised.value)
