@@ -592,7 +592,8 @@ class ChaosTarget(PlanModel):
 
 
 class ChaosSchedule(PlanModel):
-    """`start_after` counts from the end of the previous experiment (or the load start)."""
+    """`start_after` counts from the start of the load, or, when the experiments are
+    `sequential`, from the end of the previous one."""
 
     start_after: Duration
     duration: Duration
@@ -628,6 +629,21 @@ class ChaosExperiment(PlanModel):
 class ChaosSpec(PlanModel):
     engine: Literal["chaos-mesh"]
     experiments: Annotated[list[ChaosExperiment], Field(min_length=1)]
+    # False: experiments may overlap, each `start_after` counted from the start of the load.
+    # True: one after another, as the original ran them.
+    sequential: bool = False
+
+    def planned_windows(self) -> list[tuple[float, float]]:
+        """Each experiment's planned (start, end), in seconds from the start of the load."""
+        windows: list[tuple[float, float]] = []
+        previous_end = 0.0
+        for experiment in self.experiments:
+            start = experiment.schedule.start_after.seconds
+            if self.sequential:
+                start += previous_end
+            previous_end = start + experiment.schedule.duration.seconds
+            windows.append((start, previous_end))
+        return windows
 
     @model_validator(mode="after")
     def _unique_names(self) -> "ChaosSpec":
@@ -664,18 +680,17 @@ class Plan(PlanModel):
     def _chaos_fits_in_run(self) -> "Plan":
         if self.chaos_spec is None:
             return self
-        # Experiments run one after another, as in the original: each start_after counts from
-        # the end of the previous one, so the timeline ends at the sum of all of them.
-        run_s = self.execution.ramp_up.seconds + self.execution.hold_for.seconds
-        end_s = 0.0
+        load_s = self.execution.planned_s
         problems: list[tuple[str, str]] = []
-        for index, experiment in enumerate(self.chaos_spec.experiments):
-            end_s += experiment.schedule.start_after.seconds + experiment.schedule.duration.seconds
-            if end_s > run_s:
+        windows = self.chaos_spec.planned_windows()
+        for index, (experiment, (_, end_s)) in enumerate(
+            zip(self.chaos_spec.experiments, windows, strict=True)
+        ):
+            if end_s > load_s:
                 problems.append(
                     (f"chaos_spec.experiments.{index}.schedule", f"experiment {experiment.name!r} "
                      f"ends {_seconds(end_s)} after the load starts, but the load lasts "
-                     f"{_seconds(run_s)} (ramp_up + hold_for)")
+                     f"{_seconds(load_s)}")
                 )  # fmt: skip
                 break
         if problems:

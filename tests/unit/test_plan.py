@@ -421,8 +421,13 @@ def experiment(**overrides: Any) -> dict[str, Any]:
     return {k: v for k, v in base.items() if v is not None}
 
 
-def chaos(*experiments: dict[str, Any], engine: str = "chaos-mesh") -> dict[str, Any]:
-    return plan_data(chaos_spec={"engine": engine, "experiments": list(experiments)})
+def chaos(
+    *experiments: dict[str, Any], engine: str = "chaos-mesh", sequential: bool | None = None
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {"engine": engine, "experiments": list(experiments)}
+    if sequential is not None:
+        spec["sequential"] = sequential
+    return plan_data(chaos_spec=spec)
 
 
 def test_valid_chaos_spec_is_accepted_and_kind_is_normalised() -> None:
@@ -526,11 +531,11 @@ def test_invalid_chaos_durations_are_rejected() -> None:
     assert fields(found) == ["chaos_spec.experiments[0].schedule.start_after"]
 
 
-def test_chaos_timeline_longer_than_the_load_is_an_error() -> None:
-    # ramp_up 0s + hold_for 10s; the two experiments end at 5 s and then 10.5 s.
+def test_sequential_chaos_timeline_longer_than_the_load_is_an_error() -> None:
+    # ramp_up 0s + hold_for 10s; one after the other, the experiments end at 5 s and 10.5 s.
     later = experiment(name="b", schedule={"start_after": "500ms", "duration": "5s"})
 
-    found = problems_of(chaos(experiment(), later))
+    found = problems_of(chaos(experiment(), later, sequential=True))
 
     assert fields(found) == ["chaos_spec.experiments[1].schedule"]
     assert "ends 10.5s after the load starts, but the load lasts 10s" in found[0].message
@@ -605,3 +610,26 @@ def test_abort_on_fail_is_refused_where_no_engine_can_watch_it_live() -> None:
         "execution.thresholds.q1[0].abort_on_fail",
     ]
     assert "only on total with rate, count, qps, dropped" in problems[0].message
+
+
+def test_experiments_overlap_from_the_load_start_unless_sequential() -> None:
+    # Both start 1 s into the load and last 5 s: they overlap, and end at 6 s, inside 10 s.
+    first = experiment(name="a", schedule={"start_after": "1s", "duration": "5s"})
+    second = experiment(name="b", schedule={"start_after": "1s", "duration": "5s"})
+
+    spec = parse_data(chaos(first, second)).plan.chaos_spec
+    assert spec is not None and spec.planned_windows() == [(1.0, 6.0), (1.0, 6.0)]
+
+    spec = parse_data(chaos(first, experiment(name="b", schedule={"start_after": "1s",
+                                                                   "duration": "3s"}),
+                            sequential=True)).plan.chaos_spec  # fmt: skip
+    assert spec is not None and spec.planned_windows() == [(1.0, 6.0), (7.0, 10.0)]
+
+
+def test_an_overlapping_experiment_past_the_end_of_the_load_is_an_error() -> None:
+    late = experiment(name="late", schedule={"start_after": "8s", "duration": "3s"})
+
+    found = problems_of(chaos(experiment(), late))
+
+    assert fields(found) == ["chaos_spec.experiments[1].schedule"]
+    assert "ends 11s after the load starts, but the load lasts 10s" in found[0].message
