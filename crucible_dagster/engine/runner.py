@@ -8,6 +8,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from multiprocessing.context import SpawnProcess
+from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ from crucible_dagster.engine.schedule import (
     validate_shape,
     vu_start_times,
 )
-from crucible_dagster.engine.shard import CONTROL_TICK_S, ShardSpec, shard_main
+from crucible_dagster.engine.shard import CONTROL_TICK_S, Channel, ShardSpec, shard_main
 from crucible_dagster.errors import RunError, SutError
 from crucible_dagster.suts.base import SutTarget
 from crucible_dagster.suts.driver import driver_for
@@ -292,37 +294,43 @@ class _Run:
         )
 
     def _shut_down(self) -> None:
-        """Stops every shard process: asked first, then terminated, then killed."""
-        self.halt.set()
-        self.go.set()
-        deadline = time.monotonic() + 5.0
-        for process in self.processes:
-            if process.pid is None:
-                continue
-            # A shard blocked on a full queue can only finish if someone keeps reading it.
-            while process.is_alive() and time.monotonic() < deadline:
-                self._drain()
-                process.join(timeout=0.05)
-        for process in self.processes:
-            if process.pid is not None and process.is_alive():
-                process.terminate()
-                process.join(timeout=2.0)
-            if process.pid is not None and process.is_alive():
-                process.kill()
-                process.join(timeout=2.0)
-        self._drain()
-        self.channel.close()
-        self.channel.cancel_join_thread()
+        stop_shard_processes(self.processes, self.halt, self.go, self.channel)
         for process in self.processes:
             if process.pid is not None and not process.is_alive():
                 process.close()
 
-    def _drain(self) -> None:
-        while True:
-            try:
-                self.channel.get_nowait()
-            except (queue.Empty, OSError, ValueError):
-                return
+
+def stop_shard_processes(
+    processes: Sequence[BaseProcess], halt: Event, go: Event, channel: Channel
+) -> None:
+    """Stops shard processes: asked first (`halt`), then terminated, then killed, reading the
+    channel meanwhile, since a shard blocked on a full queue can only end if someone reads it;
+    the channel is closed at the end."""
+    halt.set()
+    go.set()
+    deadline = time.monotonic() + 5.0
+    for process in processes:
+        while process.pid is not None and process.is_alive() and time.monotonic() < deadline:
+            _drain(channel)
+            process.join(timeout=0.05)
+    for process in processes:
+        if process.pid is not None and process.is_alive():
+            process.terminate()
+            process.join(timeout=2.0)
+        if process.pid is not None and process.is_alive():
+            process.kill()
+            process.join(timeout=2.0)
+    _drain(channel)
+    channel.close()
+    channel.cancel_join_thread()
+
+
+def _drain(channel: Channel) -> None:
+    while True:
+        try:
+            channel.get_nowait()
+        except (queue.Empty, OSError, ValueError):
+            return
 
 
 def native_shard_spec(

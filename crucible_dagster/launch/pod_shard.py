@@ -29,6 +29,7 @@ from types import FrameType
 from typing import Any
 
 from crucible_dagster.engine.model import ShardResult
+from crucible_dagster.engine.runner import stop_shard_processes
 from crucible_dagster.launch.barrier import PodBarrier
 from crucible_dagster.launch.codec import shard_result_to_json, shard_spec_from_json
 from crucible_dagster.launch.pods import (
@@ -174,29 +175,7 @@ class ShardSupervisor:
             return None
 
     def _shut_down(self) -> None:
-        self.halt.set()
-        self.go.set()
-        process = self.process
-        deadline = time.monotonic() + 5.0
-        while process.pid is not None and process.is_alive() and time.monotonic() < deadline:
-            self._drain()  # a shard blocked on a full queue only ends if someone reads it
-            process.join(timeout=0.05)
-        if process.pid is not None and process.is_alive():
-            process.terminate()
-            process.join(timeout=2.0)
-        if process.pid is not None and process.is_alive():
-            process.kill()
-            process.join(timeout=2.0)
-        self._drain()
-        self.channel.close()
-        self.channel.cancel_join_thread()
-
-    def _drain(self) -> None:
-        while True:
-            try:
-                self.channel.get_nowait()
-            except (queue.Empty, OSError, ValueError):
-                return
+        stop_shard_processes([self.process], self.halt, self.go, self.channel)
 
 
 def _write_termination_message(message: str) -> None:
