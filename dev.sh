@@ -28,8 +28,8 @@ setup() {
 }
 
 # Servers the integration tests start on loopback; their tests skip without them.
-TEST_PACKAGES="prometheus prometheus-pushgateway mariadb-server clickhouse-server postgresql"
-TEST_BINARIES="prometheus prometheus-pushgateway mariadbd mariadb-install-db clickhouse-server pg_lsclusters"
+TEST_PACKAGES="prometheus prometheus-pushgateway mariadb-server clickhouse-server postgresql iptables"
+TEST_BINARIES="prometheus prometheus-pushgateway mariadbd mariadb-install-db clickhouse-server pg_lsclusters iptables"
 
 install_test_servers() {
   missing=""

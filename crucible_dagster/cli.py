@@ -468,6 +468,11 @@ def _show(result: Result, as_json: bool, *, with_plan_text: bool = False) -> Non
         table.add_row(*cells, style=style)
     if rows:
         console.print(table)
+    if result.faults:
+        console.print(_faults_table(result))
+    for fault in result.faults:
+        if fault.error and fault.error != result.error:
+            errors.print(f"[red]fault[/red] {escape(fault.error)}", highlight=False, soft_wrap=True)
     verdict = result.verdict.value if result.verdict else "none"
     console.print(f"status {result.status.value}, verdict {verdict}", highlight=False)
     if result.abort_reason:
@@ -483,6 +488,36 @@ def _show(result: Result, as_json: bool, *, with_plan_text: bool = False) -> Non
 
 def _ms(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
+
+
+def _faults_table(result: Result) -> Table:
+    """Each fault: when it was planned and happened, and total p99 before, during and after."""
+    table = Table(title="faults (seconds from the start of the load)", title_justify="left")
+    columns = ["fault", "type", "planned", "actual", "status", "p99 ms before", "during",
+               "after", "recovered in"]  # fmt: skip
+    for column in columns:
+        left = column in ("fault", "type", "status")
+        table.add_column(column, justify="left" if left else "right")
+    for fault in result.faults:
+        total = next((i for i in fault.impact if i.query == "total"), None)
+
+        def p99(window: object) -> str:
+            return _ms(getattr(window, "p99_ms", None))
+
+        actual = "–"
+        if fault.inject_s is not None:
+            end = "–" if fault.recover_s is None else f"{fault.recover_s:.1f}"
+            actual = f"{fault.inject_s:.1f}–{end}"
+        recovered = "–"
+        if total is not None and total.recovered is not None:
+            recovered = f"{total.time_to_recover_s:.0f} s" if total.recovered else "not within run"
+        table.add_row(
+            escape(fault.name), fault.fault_type,
+            f"{fault.planned_inject_s:g}–{fault.planned_recover_s:g}", actual,
+            fault.status.value, p99(total and total.before), p99(total and total.during),
+            p99(total and total.after), recovered,
+        )  # fmt: skip
+    return table
 
 
 def _exit_code(result: Result) -> int:

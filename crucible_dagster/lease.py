@@ -77,7 +77,7 @@ class UtcDateTime(sa.TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _tables(schema: str | None) -> tuple[sa.MetaData, sa.Table, sa.Table]:
+def _tables(schema: str | None) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Table]:
     metadata = sa.MetaData(schema=schema)
     leases = sa.Table(
         "crucible_leases",
@@ -102,7 +102,20 @@ def _tables(schema: str | None) -> tuple[sa.MetaData, sa.Table, sa.Table]:
         sa.Column("since", UtcDateTime, nullable=False),
         sa.Column("seen_at", UtcDateTime, nullable=False),
     )
-    return metadata, leases, waiters
+    # The fault journal: a chaos fault in place, with the recipe that recovers it, written when
+    # it is injected and deleted when it is recovered. What a dead run left stays here for the
+    # sweeper and the SUT's next run.
+    faults = sa.Table(
+        "crucible_faults",
+        metadata,
+        sa.Column("run_id", sa.String(128), primary_key=True),
+        sa.Column("name", sa.String(256), primary_key=True),
+        sa.Column("sut_key", sa.String(512), nullable=False),
+        sa.Column("recipe", sa.Text, nullable=False),
+        sa.Column("injected_at", UtcDateTime, nullable=False),
+        sa.Index("ix_crucible_faults_sut_key", "sut_key"),
+    )
+    return metadata, leases, waiters, faults
 
 
 def utc_now() -> datetime:
@@ -174,6 +187,17 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+@dataclass(frozen=True)
+class OpenFault:
+    """A journalled fault not recovered yet; `recipe` is JSON."""
+
+    run_id: str
+    name: str
+    sut_key: str
+    recipe: str
+    injected_at: datetime
+
+
 class LeaseStore:
     """The lease tables in one database, given as a SQLAlchemy URL (SQLite or PostgreSQL).
 
@@ -211,7 +235,7 @@ class LeaseStore:
                 )
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         self._engine = self._create_engine(parsed)
-        self._metadata, self._leases, self._waiters = _tables(schema)
+        self._metadata, self._leases, self._waiters, self._faults = _tables(schema)
         self._ready = False
         self._ready_lock = threading.Lock()
 
@@ -519,6 +543,33 @@ class LeaseStore:
             .values(run_id=None, dagster_run_id=None, plan=None, expires_at=None)
             .returning(t.c.sut_key)
         )
+
+    def record_fault(self, sut_key: str, run_id: str, name: str, recipe: str) -> None:
+        """Journals a fault just injected, with the JSON recipe that recovers it."""
+        f = self._faults
+        with self._begin() as conn:
+            conn.execute(sa.delete(f).where(f.c.run_id == run_id, f.c.name == name))
+            conn.execute(sa.insert(f).values(run_id=run_id, name=name, sut_key=sut_key,
+                                             recipe=recipe, injected_at=utc_now()))  # fmt: skip
+
+    def fault_recovered(self, run_id: str, name: str) -> None:
+        f = self._faults
+        with self._begin() as conn:
+            conn.execute(sa.delete(f).where(f.c.run_id == run_id, f.c.name == name))
+
+    def open_faults(
+        self, *, sut_key: str | None = None, run_id: str | None = None
+    ) -> list["OpenFault"]:
+        """Faults journalled and not recovered, of one SUT or one run (or all), oldest first."""
+        f = self._faults
+        query = sa.select(f).order_by(f.c.injected_at)
+        if sut_key is not None:
+            query = query.where(f.c.sut_key == sut_key)
+        if run_id is not None:
+            query = query.where(f.c.run_id == run_id)
+        with self._begin() as conn:
+            rows = conn.execute(query).all()
+        return [OpenFault(r.run_id, r.name, r.sut_key, r.recipe, r.injected_at) for r in rows]
 
     def holder(self, sut: SutIdentity) -> LeaseHolder | None:
         """The live holder of a SUT's lease; None when it is free or its lease has expired."""

@@ -22,6 +22,17 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from crucible_dagster.chaos.base import PlannedFault
+from crucible_dagster.chaos.faults import (
+    backend_for,
+    needs_proxy,
+    planned_faults,
+    recover_recipe,
+    target_text,
+    unreachable,
+)
+from crucible_dagster.chaos.impact import fault_impact
+from crucible_dagster.chaos.timeline import ChaosTimeline
 from crucible_dagster.engine import (
     EngineQuery,
     LoadShape,
@@ -61,6 +72,7 @@ from crucible_dagster.plan import FixtureTable, LoadedPlan, resolve_workloads
 from crucible_dagster.plan.loading import text_without_secrets
 from crucible_dagster.plan.models import ClusterInfo, Execution, TlsOptions
 from crucible_dagster.results import (
+    FaultEvent,
     FixtureLoadRecord,
     QueryResult,
     Result,
@@ -72,7 +84,9 @@ from crucible_dagster.results import (
     summarise,
     write_result,
 )
+from crucible_dagster.results.chart import latency_chart, latency_chart_png, latency_points
 from crucible_dagster.results.prometheus import LivePush, PrometheusPusher
+from crucible_dagster.results.report import html_report
 from crucible_dagster.results.thresholds import (
     TOTAL,
     AbortWatch,
@@ -101,10 +115,11 @@ LAUNCH_TAG = "crucible/launch"
 K6_VERSION_TIMEOUT_S = 15.0
 
 # Runs shards as pods: one spec per shard (None: the native engine's), the entry the pods run,
-# the target, the queries, the shape, the pod settings, where, and the stop event.
+# the target, the queries, the shape, the pod settings, where, the stop event, and who is told
+# the start instant.
 PodLoad = Callable[
     [Sequence[object] | None, str, SutTarget, Sequence[EngineQuery], LoadShape, PodSettings,
-     KubeAccess, threading.Event],
+     KubeAccess, threading.Event, Callable[[float], None] | None],
     Measurement,
 ]  # fmt: skip
 
@@ -122,6 +137,8 @@ LEASE_TTL_S = 60.0
 # How long a stopped load may take to cancel its queries and hand back what it measured.
 STOP_WAIT_S = 30.0
 INTERVALS_NAME = "intervals.ndjson"
+CHART_NAME = "latency.svg"
+REPORT_NAME = "report.html"
 
 logger = logging.getLogger("crucible")
 
@@ -194,6 +211,13 @@ class PlanRun:
     k6_launch: Launch | None = None
     # The seed of query choice and parameters when the plan gives none, so a run can be repeated.
     drawn_seed: int = field(default_factory=lambda: secrets.randbelow(2**31))
+    # The instant (time.time()) of t = 0 of the load's schedule, once the engine agreed it.
+    load_started_at: float | None = None
+    # The chaos experiments as they went, and why chaos stopped the run, if it did.
+    faults: list[FaultEvent] = field(default_factory=list)
+    chaos_failure: str | None = None
+    # The latency chart as a small PNG, for the Dagster metadata (the SVG is in storage).
+    chart_png: bytes | None = None
 
     @property
     def seed(self) -> int:
@@ -302,11 +326,14 @@ def check_run(run: PlanRun) -> None:
     problems = engine_problems(run)
     if problems:
         raise ValidationError(problems)
-    if loaded.plan.chaos_spec is not None:
-        # Refused rather than ignored: a run without its faults would measure something else.
-        raise RunError(f"{loaded.location('chaos_spec')}: chaos experiments are not run by "
-                       "this version of Crucible yet; remove chaos_spec to measure the load "
-                       "without faults")  # fmt: skip
+    faults = run_faults(run)
+    silent = [
+        Problem(loaded.location("chaos_spec", "experiments", faults.index(fault)),
+                f"experiment {fault.name!r}: {problem}")
+        for fault, problem in unreachable(faults)
+    ]  # fmt: skip
+    if silent:
+        raise ValidationError(silent)
     run.workloads = resolve_workloads(loaded, run.storage)
     driver = driver_for(run.sut.sut_type)
     for workload in run.workloads:
@@ -410,6 +437,42 @@ def take_lease(run: PlanRun) -> None:
     run.heartbeat.__enter__()
     run.status = RunStatus.LEASED
     run.say("lease taken (token %s)", run.lease.token)
+    recover_left_faults(run, store)
+
+
+def recover_left_faults(run: PlanRun, store: LeaseStore) -> None:
+    """Recovers the faults an earlier run left on this SUT (it died before it could), so that
+    this run measures the SUT and not a fault; refuses to go on when one cannot be recovered."""
+    for left in store.open_faults(sut_key=run.sut.key):
+        if left.run_id == run.run_id:
+            continue
+        try:
+            status = recover_recipe(left.recipe, run.settings)
+        except CrucibleError as error:
+            raise RunError(
+                f"fault {left.name!r} that run {left.run_id} injected into {run.sut} on "
+                f"{left.injected_at:%Y-%m-%d %H:%M:%S} UTC is still in place and could not be "
+                f"recovered: {error}"
+            ) from None
+        store.fault_recovered(left.run_id, left.name)
+        notify(run, f"recovered fault {left.name!r} left by run {left.run_id}: {status}")
+
+
+def recover_run_faults(run_id: str, settings: Settings) -> list[str]:
+    """Recovers every fault a run left in the journal (the sweeper calls this for dead runs);
+    returns what happened to each, in words. A fault that cannot be recovered stays journalled
+    for the SUT's next run."""
+    store = LeaseStore(settings.database_url)
+    said = []
+    for left in store.open_faults(run_id=run_id):
+        try:
+            status = recover_recipe(left.recipe, settings)
+        except CrucibleError as error:
+            said.append(f"fault {left.name!r} on {left.sut_key} could NOT be recovered: {error}")
+            continue
+        store.fault_recovered(left.run_id, left.name)
+        said.append(f"fault {left.name!r} on {left.sut_key} recovered: {status}")
+    return said
 
 
 def load_fixtures(
@@ -553,12 +616,70 @@ def run_the_load(run: PlanRun, on_progress: Callable[[Progress], None] | None = 
 
     With a Pushgateway configured, each shard's per-second counters and histograms are pushed
     while the load goes; failed pushes end up in the result's delivery errors.
+
+    With a chaos_spec, the experiments run on the load's clock (t = 0 when the engine releases
+    its shards); whatever ends the load, every fault injected is recovered before this returns
+    or raises. A fault that could not be injected or recovered stops the load and fails the run,
+    keeping what was measured. Proxy faults put Crucible's TCP proxy in front of the SUT for the
+    whole run, so that the connections made before a fault carry it too.
     """
-    execution = run.loaded.plan.execution
     target = run.target()
+    spec = run.loaded.plan.chaos_spec
+    proxy = None
+    if needs_proxy(spec):
+        from crucible_dagster.chaos.proxy import FaultProxy
+
+        proxy = FaultProxy(target.host, target.port)
+        host, port = proxy.start()
+        run.say("SUT traffic goes through the fault proxy at %s:%d", host, port)
+        target = replace(target, address=host, connect_port=port)
+    try:
+        timeline = _chaos_timeline(run, proxy) if spec is not None else None
+        try:
+            _drive_load(run, target, timeline, on_progress)
+        finally:
+            if timeline is not None:
+                run.faults = timeline.close()
+    finally:
+        if proxy is not None:
+            proxy.stop()
+    if run.chaos_failure is not None:
+        raise RunError(run.chaos_failure)
+
+
+def _chaos_timeline(run: PlanRun, proxy: object) -> ChaosTimeline:
+    faults = run_faults(run)
+    names = {fault.backend for fault in faults}
+    backends = {name: backend_for(name, run.settings, proxy) for name in names}
+    spec = run.loaded.plan.chaos_spec
+    assert spec is not None  # the caller checked
+    targets = {e.name: target_text(e, run.sut) for e in spec.experiments}
+
+    def failed(message: str) -> None:
+        if run.chaos_failure is None:
+            run.chaos_failure = message
+        run.stop.set()
+
+    return ChaosTimeline(faults, backends, journal=LeaseStore(run.settings.database_url),
+                         targets=targets, on_failure=failed,
+                         say=lambda message: notify(run, message))  # fmt: skip
+
+
+def _drive_load(
+    run: PlanRun,
+    target: SutTarget,
+    timeline: ChaosTimeline | None,
+    on_progress: Callable[[Progress], None] | None,
+) -> None:
+    execution = run.loaded.plan.execution
     queries = engine_queries(run)
     asyncio.run(driver_for(run.sut.sut_type).preflight(target, queries))
     _check_lease(run)
+
+    def started(instant: float) -> None:
+        run.load_started_at = instant
+        if timeline is not None:
+            timeline.begin(instant)
 
     shape = load_shape(execution, seed=run.seed)
     k6_input = k6_driver_input(run, target, shape) if execution.executor == "k6" else None
@@ -593,11 +714,11 @@ def run_the_load(run: PlanRun, on_progress: Callable[[Progress], None] | None = 
 
     def load() -> Measurement:
         if execution.scaling_mode == "inter_node" and k6_input is None:
-            return _pod_load(run, None, NATIVE_ENTRY, target, queries, shape)
+            return _pod_load(run, None, NATIVE_ENTRY, target, queries, shape, started)
         # What both engines report to, the same way.
         listeners: dict[str, Any] = {"on_progress": progress, "stop": run.stop,
                                      "intervals_path": run.intervals_path,
-                                     "on_interval": on_interval}  # fmt: skip
+                                     "on_interval": on_interval, "on_start": started}  # fmt: skip
         if k6_input is None:
             return run_load(target, queries, shape, **listeners)
         k6 = K6Settings(
@@ -610,7 +731,7 @@ def run_the_load(run: PlanRun, on_progress: Callable[[Progress], None] | None = 
         )
         if execution.scaling_mode == "inter_node":
             specs = k6_shard_specs(k6_input, shape, k6)
-            return _pod_load(run, specs, K6_ENTRY, target, queries, shape)
+            return _pod_load(run, specs, K6_ENTRY, target, queries, shape, started)
         return run_k6_load(k6_input, shape, k6, **listeners)
 
     try:
@@ -635,6 +756,7 @@ def _pod_load(
     target: SutTarget,
     queries: list[EngineQuery],
     shape: LoadShape,
+    on_start: Callable[[float], None],
 ) -> Measurement:
     if run.pod_load is None:
         raise RunError("scaling_mode inter_node runs shards as pods from a Dagster op, and this "
@@ -643,7 +765,7 @@ def _pod_load(
     swept = sweep_pods(access.core_api(), access.namespace, run.sut.tag_value, {run.run_id})
     if swept:
         run.say("removed %d shard pod(s) left by dead runs: %s", len(swept), ", ".join(swept))
-    return run.pod_load(specs, entry, target, queries, shape, pods, access, run.stop)
+    return run.pod_load(specs, entry, target, queries, shape, pods, access, run.stop, on_start)
 
 
 def k6_driver_input(run: PlanRun, target: SutTarget, shape: LoadShape) -> dict[str, Any]:
@@ -693,13 +815,14 @@ def engine_problems(run: PlanRun) -> list[Problem]:
     a shape k6 cannot run."""
     loaded = run.loaded
     execution = loaded.plan.execution
+    chaos = chaos_problems(run)
     if execution.scaling_mode == "inter_node":
         problem = pods_problem(run)
         if problem is not None:
             where = loaded.location("execution", "scaling_mode")
-            return [Problem(where, problem, "execution.scaling_mode")]
+            return [Problem(where, problem, "execution.scaling_mode"), *chaos]
     if execution.executor != "k6":
-        return []
+        return chaos
     where = loaded.location("execution", "executor")
     try:
         _, problem = _k6_transport(run, run.target(with_password=False))
@@ -708,11 +831,38 @@ def engine_problems(run: PlanRun) -> list[Problem]:
     if problem is not None:
         return [Problem(where, problem, "execution.executor")]
     paths = {"rate": ("arrival_rate", "rate")}
-    problems = []
+    problems = list(chaos)
     for refused in shape_problems(load_shape(execution)):
         path = paths.get(refused.field or "", (refused.field or "",))
         problems.append(Problem(loaded.location("execution", *path), refused.message,
                                 ".".join(("execution", *path))))  # fmt: skip
+    return problems
+
+
+def run_faults(run: PlanRun) -> list[PlannedFault]:
+    """The plan's chaos experiments, planned for this run's SUT; none without a chaos_spec."""
+    spec = run.loaded.plan.chaos_spec
+    if spec is None:
+        return []
+    info = run.loaded.plan.test_environment.component_spec.cluster_info
+    host = connect_address(info.host) if info is not None else run.sut.host
+    return planned_faults(spec, run_id=run.run_id, sut=run.sut, sut_host=host or run.sut.host,
+                          sut_port=run.sut.port)  # fmt: skip
+
+
+def chaos_problems(run: PlanRun) -> list[Problem]:
+    """What the chaos backends say they cannot inject, at each experiment's line; nothing is
+    injected or contacted to find out."""
+    problems = []
+    backends: dict[str, Any] = {}
+    for index, fault in enumerate(run_faults(run)):
+        backend = backends.get(fault.backend)
+        if backend is None:
+            backend = backends[fault.backend] = backend_for(fault.backend, run.settings)
+        where = run.loaded.location("chaos_spec", "experiments", index)
+        for message in backend.problems(fault):
+            problems.append(Problem(where, f"experiment {fault.name!r}: {message}",
+                                    f"chaos_spec.experiments.{index}"))  # fmt: skip
     return problems
 
 
@@ -769,8 +919,10 @@ def _load_until_done_or_stopped(run: PlanRun, load: Callable[[], Measurement]) -
 def finish(run: PlanRun, error: BaseException | None = None) -> Result:
     """Writes the result (measured, failed or cancelled), then releases the lease. Idempotent."""
     if run.result is None:
-        keep_intervals(run)
         run.result = build_result(run, error)
+        present(run, run.result)
+        keep_intervals(run)
+        run.result.intervals = run.intervals_key
         push_summary(run, run.result)
         try:
             run.result_uri = write_result(run.storage, run.result)
@@ -781,6 +933,41 @@ def finish(run: PlanRun, error: BaseException | None = None) -> Result:
     else:
         release(run)
     return run.result
+
+
+def present(run: PlanRun, result: Result) -> None:
+    """From the per-second series: what each fault did to each query, the latency-over-time
+    chart with the fault windows, and the HTML report, stored beside the result. A failure
+    here costs only the chart or report; it is recorded among the delivery errors."""
+    path = run.intervals_path
+    if path is None or not path.exists() or result.total is None:
+        return
+    warm_up_s = result.warm_up_s
+    names = [q.name for q in result.queries]
+    if result.faults:
+        with path.open(encoding="utf-8") as lines:
+            result.faults = fault_impact(
+                lines, result.faults, warm_up_s=warm_up_s, query_names=names,
+                measured_s=result.duration_s,
+            )  # fmt: skip
+    chart = None
+    try:
+        with path.open(encoding="utf-8") as lines:
+            points = latency_points(lines)
+        title = f"{run.plan}: {run.run_id}"
+        chart = latency_chart(points, result.faults, warm_up_s=warm_up_s, title=title)
+        run.chart_png = latency_chart_png(points, result.faults, warm_up_s=warm_up_s, title=title)
+        key = f"results/{run.run_id}/{CHART_NAME}"
+        run.storage.put_bytes(key, chart)
+        result.chart = key
+    except (CrucibleError, OSError, ValueError) as failure:
+        result.delivery_errors.append(f"latency chart: {failure}")
+    try:
+        key = f"results/{run.run_id}/{REPORT_NAME}"
+        run.storage.put_bytes(key, html_report(result, chart).encode())
+        result.report = key
+    except (CrucibleError, OSError, ValueError) as failure:
+        result.delivery_errors.append(f"report: {failure}")
 
 
 def push_summary(run: PlanRun, result: Result) -> None:
@@ -904,10 +1091,15 @@ def build_result(run: PlanRun, error: BaseException | None) -> Result:
         thresholds=thresholds,
         failed_thresholds=failed_thresholds,
         load_model=load_shape(execution).model,
+        load_started_at=(
+            datetime.fromtimestamp(run.load_started_at, UTC)
+            if run.load_started_at is not None
+            else None
+        ),
+        faults=run.faults,
         seed=run.seed,
         query_choice=execution.query_choice,
         warm_up_s=execution.warm_up.seconds,
-        intervals=run.intervals_key,
         shard_health=health,
         generator_bottleneck=bottleneck,
     )

@@ -12,7 +12,7 @@ come from the execution stream (`crucible_dagster.k6.engine`).
 import re
 import shutil
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import dagster as dg
 from dagster._core.errors import DagsterPipesExecutionError
@@ -74,9 +74,10 @@ def pod_load_in(context: dg.OpExecutionContext, run_id: str, ready_timeout_s: fl
         pods: PodSettings,
         access: KubeAccess,
         stop: threading.Event,
+        on_start: Callable[[float], None] | None,
     ) -> Measurement:
         return run_pod_load(context, target, queries, shape, run_id=run_id, pods=pods,
                             access=access, ready_timeout_s=ready_timeout_s, stop=stop,
-                            specs=specs, entry=entry)  # fmt: skip
+                            specs=specs, entry=entry, on_start=on_start)  # fmt: skip
 
     return load

@@ -165,7 +165,14 @@ def build_plan_assets(
             result = finish(run)
         with _runs_lock:
             _runs.pop(context.run_id, None)
-        return dg.Output(None, metadata=result_metadata(result, run.result_uri))
+        metadata = result_metadata(
+            result,
+            run.result_uri,
+            chart_uri=run.storage.uri(result.chart) if result.chart else None,
+            report_uri=run.storage.uri(result.report) if result.report else None,
+            chart_png=run.chart_png,
+        )
+        return dg.Output(None, metadata=metadata)
 
     @dg.graph_asset(
         key=["results", name],

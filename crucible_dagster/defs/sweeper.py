@@ -1,8 +1,10 @@
 """Cleans up after runs that died without doing it themselves.
 
-A run that fails frees its leases at once. A `crucible run` process that was killed outright
-cannot even mark its Dagster run failed; its run would stay STARTED, and the run queue would keep
-every later run of that SUT waiting, so the orphan sensor finds such runs by their process id.
+A run that fails recovers its chaos faults and frees its leases at once. A `crucible run`
+process that was killed outright cannot even mark its Dagster run failed; its run would stay
+STARTED, and the run queue would keep every later run of that SUT waiting, so the orphan sensor
+finds such runs by their process id. Both sensors recover what such a run left in the fault
+journal before freeing its leases.
 """
 
 import os
@@ -13,7 +15,7 @@ import dagster as dg
 import psutil
 
 from crucible_dagster.lease import LeaseStore
-from crucible_dagster.run import LAUNCH_TAG, RUN_ID_TAG
+from crucible_dagster.run import LAUNCH_TAG, RUN_ID_TAG, recover_run_faults
 from crucible_dagster.settings import get_settings
 
 CLI_PID_TAG = "crucible/cli-pid"
@@ -52,8 +54,10 @@ def orphaned_cli_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
 
 
 def fail_orphaned_cli_runs(instance: dg.DagsterInstance) -> list[str]:
-    """Marks orphaned CLI runs failed and frees their leases; returns their Dagster run ids."""
-    store = LeaseStore(get_settings().database_url)
+    """Marks orphaned CLI runs failed, recovers the faults they left and frees their leases;
+    returns their Dagster run ids."""
+    settings = get_settings()
+    store = LeaseStore(settings.database_url)
     failed = []
     for run in orphaned_cli_runs(instance):
         instance.report_run_failed(
@@ -61,6 +65,8 @@ def fail_orphaned_cli_runs(instance: dg.DagsterInstance) -> list[str]:
         )
         crucible_run_id = run.tags.get(RUN_ID_TAG)
         if crucible_run_id:
+            for said in recover_run_faults(crucible_run_id, settings):
+                instance.report_engine_event(said, run)
             store.release_run(crucible_run_id)
         failed.append(run.run_id)
     return failed
@@ -86,10 +92,14 @@ def crucible_orphaned_cli_runs(context: dg.SensorEvaluationContext) -> dg.SkipRe
     minimum_interval_seconds=15,
 )
 def crucible_sweeper(context: dg.RunFailureSensorContext) -> None:
-    """Frees the SUT leases a failed run still holds, so the next run need not wait for expiry."""
+    """Recovers the chaos faults a failed run left in place, then frees the SUT leases it still
+    holds, so that the next run need not wait for their expiry."""
     run_id = context.dagster_run.tags.get(RUN_ID_TAG)
     if run_id is None:
         return
-    freed = LeaseStore(get_settings().database_url).release_run(run_id)
+    settings = get_settings()
+    for said in recover_run_faults(run_id, settings):
+        context.log.info("run %s: %s", run_id, said)
+    freed = LeaseStore(settings.database_url).release_run(run_id)
     if freed:
         context.log.info("freed leases of failed run %s: %s", run_id, ", ".join(freed))

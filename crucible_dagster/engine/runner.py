@@ -59,6 +59,7 @@ def run_load(
     on_interval: Callable[[int, int, Sequence[IntervalRow]], None] | None = None,
     entry: ShardEntry = shard_main,
     spec_for: Callable[[int], object] | None = None,
+    on_start: Callable[[float], None] | None = None,
 ) -> Measurement:
     """Runs the load `shape` describes against `target` and returns the merged measurement.
 
@@ -74,6 +75,9 @@ def run_load(
     `entry` is what each shard process runs, given `spec_for(shard)` (by default the native
     engine's `ShardSpec`) and the channel, events and start instant described in
     `engine.shard`; another engine plugs in here by speaking the same messages.
+
+    `on_start(instant)` is told the wall-clock instant (time.time()) of t = 0 of the schedule
+    once it is agreed, so that work on the same timeline (chaos) can align with it.
     """
     validate_shape(shape)
     if not queries:
@@ -90,6 +94,7 @@ def run_load(
         on_interval=on_interval,
         entry=entry,
         spec_for=spec_for,
+        on_start=on_start,
     )
     return run.execute()
 
@@ -125,6 +130,7 @@ class _Run:
     on_interval_errors: int = 0
     entry: "ShardEntry" = shard_main
     spec_for: Callable[[int], object] | None = None
+    on_start: Callable[[float], None] | None = None
     states: list[_ShardState] = field(default_factory=list)
     halted_at: float | None = None
     stopped: bool = False
@@ -164,6 +170,8 @@ class _Run:
             self.started = time.time() + START_LEAD_S
             self.start_at.value = self.started
             self.go.set()
+            if self.on_start is not None:
+                self.on_start(self.started)
             self._supervise()
             return self._measurement()
         finally:

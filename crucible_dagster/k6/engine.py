@@ -121,10 +121,12 @@ def run_k6_load(
     stop: threading.Event | None = None,
     intervals_path: Path | None = None,
     on_interval: Callable[[int, int, Sequence[IntervalRow]], None] | None = None,
+    on_start: Callable[[float], None] | None = None,
 ) -> Measurement:
     """Runs `driver_input` (from `script.driver_input`) in `shape.shards` k6 processes and
     returns the merged measurement; the same contract as the native engine's `run_load`."""
-    run = _K6Run(driver_input, shape, settings, on_progress, stop, intervals_path, on_interval)
+    run = _K6Run(driver_input, shape, settings, on_progress, stop, intervals_path, on_interval,
+                 on_start=on_start)  # fmt: skip
     return run.execute()
 
 
@@ -290,7 +292,9 @@ class _K6Run:
         *,
         only_shard: int | None = None,
         released: Callable[[], float] | None = None,
+        on_start: Callable[[float], None] | None = None,
     ) -> None:
+        self.on_start = on_start
         self.only_shard = only_shard
         self.released = released
         self.input = driver_input
@@ -337,6 +341,8 @@ class _K6Run:
                 shard.thread.start()
             self._wait_until_paused(shards)
             started = self._release(shards)
+            if self.on_start is not None:
+                self.on_start(started)
             self._supervise(shards, started)
             yield shards, started
         finally:

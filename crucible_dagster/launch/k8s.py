@@ -18,7 +18,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -157,6 +157,7 @@ def run_pod_shards(
     access: KubeAccess,
     ready_timeout_s: float = 300.0,
     stop: threading.Event | None = None,
+    on_start: Callable[[float], None] | None = None,
 ) -> PodLoad:
     """Runs one pod per spec (shard i gets `specs[i]`), releases them together, and returns
     their results.
@@ -164,7 +165,8 @@ def run_pod_shards(
     `entry` is the shard entry the pods run, as `module:function` (the native engine's is
     `NATIVE_ENTRY`). `planned_s` and `graceful_stop_s` set the pods' deadline and how long the
     results may take. Raises RunError (or SutError, when a shard could not use the SUT) naming
-    the pods and their state; no pod of this call survives it.
+    the pods and their state; no pod of this call survives it. `on_start` is told the agreed
+    start instant (time.time()) as soon as the pods are released.
     """
     if not specs:
         raise RunError("there are no shards to run")
@@ -175,6 +177,7 @@ def run_pod_shards(
         )
     run = _PodRun(context, list(specs), entry, run_id, sut, planned_s, graceful_stop_s, pods,
                   access, ready_timeout_s, stop or threading.Event())  # fmt: skip
+    run.on_start = on_start
     return run.execute()
 
 
@@ -191,6 +194,7 @@ def run_pod_load(
     stop: threading.Event | None = None,
     specs: Sequence[object] | None = None,
     entry: str = NATIVE_ENTRY,
+    on_start: Callable[[float], None] | None = None,
 ) -> Measurement:
     """The load as `shape.shards` pods, merged into one measurement: the native engine's unless
     `specs` (one per shard) and their `entry` say otherwise."""
@@ -208,6 +212,7 @@ def run_pod_load(
         access=access,
         ready_timeout_s=ready_timeout_s,
         stop=stop,
+        on_start=on_start,
     )
     return load.measurement(queries, shape)
 
@@ -247,6 +252,7 @@ class _PodRun:
         # The pods were deleted from outside: the load ended early, as if stopped.
         self.interrupted = False
         self.names: dict[int, str] = {}
+        self.on_start: Callable[[float], None] | None = None
 
     def execute(self) -> PodLoad:
         owner = run_worker_owner(self.api, self.access.namespace)
@@ -276,6 +282,8 @@ class _PodRun:
                 now = time.time()
                 return PodLoad([], now, now, True, sorted(self.names.values()))
             started = self._release()
+            if self.on_start is not None:
+                self.on_start(started)
             self._supervise(started)
             return self._collect(started)
         finally:

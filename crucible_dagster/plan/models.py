@@ -60,6 +60,30 @@ CHAOS_MESH_KINDS = {
     for kind in ("NetworkChaos", "PodChaos", "StressChaos", "IOChaos", "TimeChaos", "DNSChaos")
 }
 
+# The local chaos backend's faults: on the SUT's process, through Crucible's TCP proxy in front
+# of the SUT, and by iptables in the SUT's network namespace.
+LOCAL_PROCESS_FAULTS = ("pause", "kill", "restart")
+LOCAL_PROXY_FAULTS = ("latency", "bandwidth", "reset")
+LOCAL_NETWORK_FAULTS = ("loss", "partition")
+LOCAL_FAULTS = (*LOCAL_PROCESS_FAULTS, *LOCAL_PROXY_FAULTS, *LOCAL_NETWORK_FAULTS)
+
+# chaosd's attack kinds: the route segment of `POST /api/attack/<kind>`.
+CHAOSD_ATTACKS = (
+    "process",
+    "network",
+    "stress",
+    "disk",
+    "clock",
+    "jvm",
+    "kafka",
+    "redis",
+    "vm",
+    "user_defined",
+)
+
+# The backend a chaos_spec.engine names, by the env_type of the targets it serves.
+CHAOS_ENGINE_ENV_TYPES = {"chaos-mesh": "k8s", "chaosd": "ec2", "local": "local"}
+
 WORKLOAD_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
 DATASET_PATTERN = r"^[a-z][a-z0-9_-]*$"
 TABLE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -575,10 +599,21 @@ class Execution(PlanModel):
 
 
 class ChaosTarget(PlanModel):
-    env_type: Literal["k8s", "ec2"]
+    """Where a fault goes. `env_type` picks the backend: `k8s` Chaos Mesh (namespace and label
+    selector of the pods), `ec2` chaosd (the address of the machine's chaosd), `local` the local
+    backend (the SUT's process by its `pid_file`, or the SUT's traffic). When left out, it is
+    that of `chaos_spec.engine`."""
+
+    env_type: Literal["k8s", "ec2", "local"] | None = None
     namespace: str | None = None
     selector: dict[str, str] | None = None
     address: str | None = None
+    # local: the SUT's pid file (its first line is the pid), how to start the SUT again after a
+    # kill or restart (an argument list, run without a shell), and the network namespace the SUT
+    # listens in, for loss and partition.
+    pid_file: str | None = None
+    start_command: Annotated[list[NonEmptyStr], Field(min_length=1)] | None = None
+    netns: NonEmptyStr | None = None
 
     @model_validator(mode="after")
     def _target_rules(self) -> "ChaosTarget":
@@ -589,6 +624,10 @@ class ChaosTarget(PlanModel):
         if self.env_type == "ec2" and not self.address:
             raise rules_error([("address", "an ec2 target needs an address (the chaosd host)")])
         return self
+
+    def fields(self) -> dict[str, Any]:
+        """The keys that are set, as a backend reads them."""
+        return self.model_dump(exclude_none=True, exclude={"env_type"})
 
 
 class ChaosSchedule(PlanModel):
@@ -612,22 +651,54 @@ class ChaosExperiment(PlanModel):
     parameters: dict[str, Any] = {}
     schedule: ChaosSchedule
 
-    @model_validator(mode="after")
-    def _chaos_mesh_kind(self) -> "ChaosExperiment":
-        if self.target.env_type != "k8s":
-            return self
-        kind = CHAOS_MESH_KINDS.get(self.fault_type.lower())
+    @property
+    def env_type(self) -> str:
+        """The target's env_type (the spec fills it in from its engine when left out)."""
+        return self.target.env_type or "k8s"
+
+    def canonical_fault_type(self) -> None:
+        """Spells `fault_type` as its backend does (any case is accepted), or says it has none."""
+        env_type = self.env_type
+        if env_type == "k8s":
+            kinds = dict(CHAOS_MESH_KINDS)
+            what = "Chaos Mesh kind"
+        elif env_type == "ec2":
+            kinds = {kind: kind for kind in CHAOSD_ATTACKS}
+            what = "chaosd attack"
+        else:
+            kinds = {kind: kind for kind in LOCAL_FAULTS}
+            what = "local fault"
+        kind = kinds.get(self.fault_type.lower())
         if kind is None:
             raise rules_error(
-                [("fault_type", f"unknown Chaos Mesh kind {self.fault_type!r}: expected one of "
-                  f"{', '.join(CHAOS_MESH_KINDS.values())}")]
+                [("fault_type", f"unknown {what} {self.fault_type!r}: expected one of "
+                  f"{', '.join(kinds.values())}")]
             )  # fmt: skip
         self.fault_type = kind
-        return self
+        if env_type == "local":
+            self._local_target_rules()
+
+    def _local_target_rules(self) -> None:
+        target = self.target
+        problems: list[tuple[str, str]] = []
+        if self.fault_type in LOCAL_PROCESS_FAULTS and not target.pid_file:
+            problems.append(("target.pid_file", f"a {self.fault_type} fault needs the SUT's "
+                             "pid_file, to find its process"))  # fmt: skip
+        if self.fault_type in ("kill", "restart") and not target.start_command:
+            problems.append(("target.start_command", f"a {self.fault_type} fault needs the "
+                             "start_command that starts the SUT again"))  # fmt: skip
+        if self.fault_type in LOCAL_NETWORK_FAULTS and not target.netns:
+            problems.append(("target.netns", f"a {self.fault_type} fault needs the netns (the "
+                             "network namespace the SUT listens in)"))  # fmt: skip
+        if problems:
+            raise rules_error(problems)
 
 
 class ChaosSpec(PlanModel):
-    engine: Literal["chaos-mesh"]
+    """The faults of a plan. `engine` names the backend of the targets that give no env_type;
+    a target's own env_type wins (the original's chaos-mesh plans send ec2 targets to chaosd)."""
+
+    engine: Literal["chaos-mesh", "chaosd", "local"]
     experiments: Annotated[list[ChaosExperiment], Field(min_length=1)]
     # False: experiments may overlap, each `start_after` counted from the start of the load.
     # True: one after another, as the original ran them.
@@ -644,6 +715,37 @@ class ChaosSpec(PlanModel):
             previous_end = start + experiment.schedule.duration.seconds
             windows.append((start, previous_end))
         return windows
+
+    @model_validator(mode="before")
+    @classmethod
+    def _env_type_from_engine(cls, data: Any) -> Any:
+        """A target without env_type is one of the engine's (the original's plans all name it)."""
+        if not isinstance(data, dict):
+            return data
+        env_type = CHAOS_ENGINE_ENV_TYPES.get(str(data.get("engine")))
+        experiments = data.get("experiments") if env_type else None
+        if not isinstance(experiments, list):
+            return data
+        filled = []
+        for experiment in experiments:
+            target = isinstance(experiment, dict) and experiment.get("target")
+            if isinstance(target, dict) and "env_type" not in target:
+                experiment = {**experiment, "target": {**target, "env_type": env_type}}
+            filled.append(experiment)
+        return {**data, "experiments": filled}
+
+    @model_validator(mode="after")
+    def _fault_types(self) -> "ChaosSpec":
+        problems: list[tuple[str, str]] = []
+        for index, experiment in enumerate(self.experiments):
+            try:
+                experiment.canonical_fault_type()
+            except PydanticCustomError as error:
+                for path, message in (error.context or {}).get("problems", []):
+                    problems.append((f"experiments.{index}.{path}", message))
+        if problems:
+            raise rules_error(problems)
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self) -> "ChaosSpec":
@@ -693,6 +795,19 @@ class Plan(PlanModel):
                      f"{_seconds(load_s)}")
                 )  # fmt: skip
                 break
+        sut_type = self.test_environment.component_spec.type
+        for index, experiment in enumerate(self.chaos_spec.experiments):
+            if experiment.env_type != "local" or experiment.fault_type not in LOCAL_PROXY_FAULTS:
+                continue
+            where = f"chaos_spec.experiments.{index}.fault_type"
+            if sut_type in SINGLE_PROCESS_SUT_TYPES:
+                problems.append((where, f"a {experiment.fault_type} fault goes through a TCP "
+                                 f"proxy, and a {sut_type} database is a local file"))  # fmt: skip
+            elif self.execution.scaling_mode == "inter_node":
+                message = (f"a {experiment.fault_type} fault goes through a TCP proxy on this "
+                           "machine, which shard pods do not reach; use scaling_mode: "
+                           "intra_node, or a chaos-mesh NetworkChaos")  # fmt: skip
+                problems.append((where, message))
         if problems:
             raise rules_error(problems)
         return self

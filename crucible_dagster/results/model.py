@@ -107,6 +107,69 @@ class ThresholdRecord(_Model):
     abort_on_fail: bool = False
 
 
+class WindowStats(_Model):
+    """One query's numbers over a slice of the measured window (whole seconds)."""
+
+    seconds: int
+    count: int
+    errors: int
+    error_rate: float
+    qps: float
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    p99_ms: float | None = None
+    max_ms: float | None = None
+
+
+class QueryImpact(_Model):
+    """What one fault did to one query (or to `total`): its numbers before, during and after
+    the fault, and how long after recovery its p99 took to come back to the p99 before."""
+
+    query: str
+    before: WindowStats | None = None
+    during: WindowStats | None = None
+    after: WindowStats | None = None
+    # Seconds from the fault's recovery to the first second whose p99 is at most `before.p99_ms`;
+    # null when it never came back within the run, or there is nothing to compare.
+    time_to_recover_s: float | None = None
+    recovered: bool | None = None
+
+
+class FaultStatus(StrEnum):
+    """How one fault went. Only `recover_failed` may have left the fault in place."""
+
+    RECOVERED = "recovered"  # injected, then recovered at the end of its duration
+    RECOVERED_EARLY = "recovered_early"  # injected, recovered when the run stopped first
+    NOT_INJECTED = "not_injected"  # the load ended (or failed) before its start
+    INJECT_FAILED = "inject_failed"
+    RECOVER_FAILED = "recover_failed"
+
+
+class FaultEvent(_Model):
+    """One chaos experiment as it happened. Times in seconds count from the start of the load
+    (`Result.load_started_at`); the planned ones are the plan's, the others were measured."""
+
+    name: str
+    backend: str
+    fault_type: str
+    target: str
+    planned_inject_s: float
+    planned_recover_s: float
+    injected_at: datetime | None = None
+    recovered_at: datetime | None = None
+    inject_s: float | None = None
+    recover_s: float | None = None
+    status: FaultStatus
+    inject_status: str | None = None
+    recover_status: str | None = None
+    error: str | None = None
+    impact: list[QueryImpact] = Field(default_factory=list)
+
+    @field_serializer("injected_at", "recovered_at")
+    def _serialise_time(self, value: datetime | None) -> str | None:
+        return _iso(value)
+
+
 def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat().replace("+00:00", "Z")
 
@@ -151,11 +214,19 @@ class Result(_Model):
     intervals: str | None = Field(
         default=None, description="storage key of the per-second series (NDJSON)"
     )
+    chart: str | None = Field(
+        default=None, description="storage key of the latency-over-time chart (SVG)"
+    )
+    report: str | None = Field(default=None, description="storage key of the HTML report")
     shard_health: list[ShardHealthRecord] = Field(default_factory=list)
     generator_bottleneck: str | None = None
+    # The instant the load started (t = 0 of the plan's schedule, before any warm-up): chaos
+    # times count from it.
+    load_started_at: datetime | None = None
+    faults: list[FaultEvent] = Field(default_factory=list)
     # What went wrong delivering the result elsewhere (Prometheus); the result itself is kept.
     delivery_errors: list[str] = Field(default_factory=list)
 
-    @field_serializer("started_at", "ended_at", "recorded_at")
+    @field_serializer("started_at", "ended_at", "recorded_at", "load_started_at")
     def _serialise_time(self, value: datetime | None) -> str | None:
         return _iso(value)

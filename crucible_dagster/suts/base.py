@@ -154,6 +154,8 @@ class SutTarget:
     `tls` None means a plain connection. `address` is the host as the plan wrote it (without
     brackets), which the connection uses: the identity's normalised host names the SUT, but
     `::1` is not `127.0.0.1` to a server listening on one of them, nor to a TLS certificate.
+    `connect_port` replaces the identity's port for connecting, when traffic goes through a
+    proxy in front of the SUT (the local chaos backend's); the identity still names the SUT.
     """
 
     identity: SutIdentity
@@ -163,6 +165,7 @@ class SutTarget:
     statement_timeout_s: float = 60.0
     tls: TlsSettings | None = None
     address: str | None = None
+    connect_port: int | None = None
 
     @property
     def host(self) -> str:
@@ -171,7 +174,8 @@ class SutTarget:
 
     @property
     def port(self) -> int:
-        return self.identity.port
+        """The port to connect to."""
+        return self.connect_port or self.identity.port
 
     @property
     def database(self) -> str:

@@ -164,7 +164,7 @@ async def connect(
         conn = await asyncio.wait_for(
             asyncmy.connect(
                 host=target.host,
-                port=identity.port,
+                port=target.port,
                 user=target.user,
                 password=target.password.get_secret_value(),
                 database=name or None,

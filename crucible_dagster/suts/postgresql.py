@@ -81,7 +81,7 @@ async def connect(target: SutTarget, *, database: str | None = None) -> asyncpg.
     try:
         return await asyncpg.connect(
             host=target.host,
-            port=identity.port,
+            port=target.port,
             user=target.user,
             password=target.password.get_secret_value() or None,
             database=identity.database,

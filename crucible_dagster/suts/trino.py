@@ -274,7 +274,7 @@ def open_connection(target: SutTarget, database: TrinoDatabase) -> trino.dbapi.C
                 http_session.cert = (tls.cert_file, tls.key_file) if tls.key_file else tls.cert_file
     return trino.dbapi.Connection(
         host=target.host,
-        port=identity.port,
+        port=target.port,
         user=target.user,
         source=SOURCE,
         catalog=database.catalog,
@@ -294,7 +294,7 @@ def open_connection(target: SutTarget, database: TrinoDatabase) -> trino.dbapi.C
 def _open_checked(target: SutTarget, database: TrinoDatabase, check_schema: bool) -> Any:
     conn = open_connection(target, database)
     try:
-        immediate = _probe_immediate(conn, target.identity.host, target.identity.port)
+        immediate = _probe_immediate(conn, target.host, target.port)
         conn.legacy_prepared_statements = not immediate
         if check_schema and not _schema_exists(conn, database):
             raise SutError(

@@ -502,6 +502,66 @@ def test_experiment_required_fields(missing: str) -> None:
     assert fields(found) == [f"chaos_spec.experiments[0].{missing}"]
 
 
+def local(fault_type: str, **target: Any) -> dict[str, Any]:
+    return experiment(name=f"local-{fault_type}", fault_type=fault_type, parameters={},
+                      target=target or {})  # fmt: skip
+
+
+def test_local_engine_fills_in_the_env_type_and_spells_the_fault_in_lower_case() -> None:
+    plan = parse_data(chaos(local("PAUSE", pid_file="/run/pg.pid"), engine="local")).plan
+    assert plan.chaos_spec is not None
+    only = plan.chaos_spec.experiments[0]
+    assert (only.fault_type, only.env_type) == ("pause", "local")
+    assert only.target.fields() == {"pid_file": "/run/pg.pid"}
+
+
+def test_a_target_env_type_wins_over_the_engine() -> None:
+    ec2 = experiment(fault_type="NETWORK", target={"env_type": "ec2", "address": "10.0.0.5"})
+    plan = parse_data(chaos(ec2, engine="chaos-mesh")).plan
+    assert plan.chaos_spec is not None
+    assert plan.chaos_spec.experiments[0].fault_type == "network"
+
+
+@pytest.mark.parametrize(
+    ("fault_type", "target", "missing"),
+    [
+        ("pause", {}, ["target.pid_file"]),
+        ("kill", {"pid_file": "/p"}, ["target.start_command"]),
+        ("restart", {}, ["target.pid_file", "target.start_command"]),
+        ("loss", {}, ["target.netns"]),
+    ],
+)
+def test_local_faults_name_what_they_need_at_its_field(
+    fault_type: str, target: dict[str, Any], missing: list[str]
+) -> None:
+    found = problems_of(chaos(local(fault_type, **target), engine="local"))
+    assert fields(found) == [f"chaos_spec.experiments[0].{m}" for m in missing]
+
+
+def test_unknown_local_fault_lists_the_local_faults() -> None:
+    found = problems_of(chaos(local("podchaos"), engine="local"))
+    assert fields(found) == ["chaos_spec.experiments[0].fault_type"]
+    assert "unknown local fault 'podchaos': expected one of pause, kill, restart" in (
+        found[0].message
+    )
+
+
+def test_unknown_chaosd_attack_lists_the_attacks() -> None:
+    found = problems_of(
+        chaos(experiment(fault_type="podchaos", target={"address": "h"}), engine="chaosd")
+    )
+    assert fields(found) == ["chaos_spec.experiments[0].fault_type"]
+    assert "unknown chaosd attack 'podchaos'" in found[0].message
+
+
+def test_proxy_faults_are_refused_for_shard_pods() -> None:
+    data = chaos(local("latency"), engine="local")
+    data["execution"]["scaling_mode"] = "inter_node"
+    found = problems_of(data)
+    assert fields(found) == ["chaos_spec.experiments[0].fault_type"]
+    assert "which shard pods do not reach" in found[0].message
+
+
 def test_chaos_spec_needs_at_least_one_experiment() -> None:
     assert fields(problems_of(chaos())) == ["chaos_spec.experiments"]
 

@@ -183,7 +183,7 @@ def test_pod_resources_must_be_kubernetes_quantities(tmp_path: Path) -> None:
         checked(tmp_path, plan)
 
 
-def test_a_plan_with_chaos_is_refused_rather_than_run_without_its_faults(
+def test_a_chaos_experiment_its_backend_cannot_inject_is_refused_at_its_line(
     crucible_home: Path, tmp_path: Path
 ) -> None:
     chaos = """chaos_spec:
@@ -194,6 +194,10 @@ def test_a_plan_with_chaos_is_refused_rather_than_run_without_its_faults(
       target: {env_type: k8s, namespace: db, selector: {app: db}}
       schedule: {start_after: 1s, duration: 2s}
 """
-    with pytest.raises(RunError, match="chaos experiments are not run") as raised:
+    with pytest.raises(ValidationError) as raised:
         checked(tmp_path, DEMO.rstrip("\n") + "\n" + chaos)
-    assert "p.yaml:" in str(raised.value)
+    [problem] = raised.value.problems
+    assert problem.field == "chaos_spec.experiments.0"
+    assert "p.yaml:" in str(problem.location)
+    assert "experiment 'slow-network'" in problem.message
+    assert "NetworkChaos needs an action" in problem.message

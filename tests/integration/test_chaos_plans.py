@@ -1,0 +1,261 @@
+"""Plans with chaos, run as Dagster jobs against a real PostgreSQL of their own: the faults are
+injected on the load's clock, recovered, and their effect shows in the result."""
+
+import asyncio
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import dagster as dg
+import psutil
+import pytest
+
+from crucible_dagster.chaos.base import PlannedFault
+from crucible_dagster.chaos.local import LocalBackend
+from crucible_dagster.lease import LeaseStore
+from crucible_dagster.local_postgres import LocalPostgres, free_port, start_local_postgres
+from crucible_dagster.plan import load_plan
+from crucible_dagster.run import plan_sut
+from crucible_dagster.settings import get_settings
+from tests.chaosd_standin import StandinChaosd
+from tests.conftest import PG_PASSWORD
+from tests.integration.test_plan_job import execute, stored_result
+
+pytestmark = pytest.mark.integration
+
+WORKLOAD = """\
+-- @type: sql
+-- @name: one
+SELECT 1
+-- @name: sleepy
+SELECT pg_sleep(0.005)
+"""
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[LocalPostgres]:
+    """A PostgreSQL server for one test, since its faults would hurt every other test's."""
+    root = Path(tempfile.mkdtemp(prefix="crucible-test-chaos-pg-"))
+    server = start_local_postgres(root / "data", password=PG_PASSWORD)
+    yield server
+    for process in _server_processes(server):
+        process.resume()  # whatever a failed test left paused
+    server.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def instance(crucible_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dg.DagsterInstance]:
+    monkeypatch.setenv("CRUCIBLE_TEST_PG_PASSWORD", PG_PASSWORD)
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+def _server_processes(server: LocalPostgres) -> list[psutil.Process]:
+    try:
+        main = psutil.Process(server.pid)
+        return [main, *main.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _answers(server: LocalPostgres) -> bool:
+    async def ask() -> int:
+        conn = await asyncpg.connect(server.dsn(), password=PG_PASSWORD, timeout=5)
+        try:
+            return int(await asyncio.wait_for(conn.fetchval("SELECT 41 + 1"), 5))
+        finally:
+            await conn.close()
+
+    return asyncio.run(ask()) == 42
+
+
+def chaos_plan(folder: Path, name: str, server: LocalPostgres, chaos: str, *,
+               hold_for: str = "9s") -> Path:  # fmt: skip
+    (folder / "workloads").mkdir(parents=True, exist_ok=True)
+    (folder / "workloads" / "tiny.sql").write_text(WORKLOAD)
+    path = folder / f"{name}.yaml"
+    path.write_text(f"""\
+test_metadata:
+  run_label: {name}
+test_environment:
+  env_type: long-lived
+  target_db: postgres
+  component_spec:
+    type: postgresql
+    cluster_info:
+      host: 127.0.0.1
+      port: {server.port}
+      username: postgres
+      password: {{env: CRUCIBLE_TEST_PG_PASSWORD}}
+execution:
+  concurrency: 2
+  ramp_up: 0s
+  hold_for: {hold_for}
+  graceful_stop: 5s
+  workload:
+    - workload_id: tiny
+chaos_spec:
+{chaos}""")
+    return path
+
+
+def total_impact(fault: dict) -> dict:
+    return next(i for i in fault["impact"] if i["query"] == "total")
+
+
+def test_pausing_the_sut_shows_in_the_during_window_and_it_runs_again_afterwards(
+    own_postgres: LocalPostgres, instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    pid_file = own_postgres.data_dir / "postmaster.pid"
+    plan = chaos_plan(tmp_path / "plans", "paused", own_postgres, f"""\
+  engine: local
+  experiments:
+    - name: freeze
+      fault_type: pause
+      target: {{pid_file: {pid_file}}}
+      schedule: {{start_after: 3s, duration: 2s}}
+""")  # fmt: skip
+    success, run_id = execute(plan, instance)
+    assert success
+    result = stored_result(run_id)
+    assert result["status"] == "completed"
+    [fault] = result["faults"]
+    assert fault["status"] == "recovered"
+    assert fault["backend"] == "local" and fault["fault_type"] == "pause"
+    assert fault["inject_s"] == pytest.approx(3.0, abs=0.3)
+    assert fault["recover_s"] == pytest.approx(5.0, abs=0.3)
+    total = total_impact(fault)
+    before, during, after = total["before"], total["during"], total["after"]
+    # Queries caught by the pause wait for it to end: up to its 2 s.
+    assert before["p99_ms"] < 200
+    assert during["max_ms"] > 1000
+    assert during["qps"] < before["qps"] / 2
+    assert after["p99_ms"] < 200
+    assert total["recovered"] is True and total["time_to_recover_s"] is not None
+
+    assert all(p.status() != psutil.STATUS_STOPPED for p in _server_processes(own_postgres))
+    assert _answers(own_postgres)
+    settings = get_settings()
+    assert LeaseStore(settings.database_url).open_faults() == []
+    assert LeaseStore(settings.database_url).holder(plan_sut(load_plan(plan))) is None
+
+    event = instance.get_latest_materialization_event(dg.AssetKey(["results", "paused"]))
+    assert event is not None and event.asset_materialization is not None
+    metadata = event.asset_materialization.metadata
+    assert "freeze" in str(metadata["faults"].value)
+    assert result["chart"] == f"results/{run_id}/latency.svg"
+    assert result["report"] == f"results/{run_id}/report.html"
+
+
+def test_the_proxy_latency_shows_up_as_measured(
+    own_postgres: LocalPostgres, instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    plan = chaos_plan(tmp_path / "plans", "slowed", own_postgres, """\
+  engine: local
+  experiments:
+    - name: slow-link
+      fault_type: latency
+      target: {}
+      parameters: {latency: 50ms}
+      schedule: {start_after: 3s, duration: 3s}
+""")  # fmt: skip
+    success, run_id = execute(plan, instance)
+    assert success
+    [fault] = stored_result(run_id)["faults"]
+    assert fault["status"] == "recovered"
+    assert "50ms" in fault["inject_status"]
+    for impact in fault["impact"]:
+        if impact["query"] == "total":
+            continue
+        before, during, after = impact["before"], impact["during"], impact["after"]
+        # The seconds at the edges of the window mix both; the median is the fault's.
+        assert 40 <= during["p50_ms"] - before["p50_ms"] <= 90, impact
+        assert after["p50_ms"] < before["p50_ms"] + 20, impact
+
+
+def test_a_fault_that_cannot_be_injected_fails_the_run_and_keeps_the_measurement(
+    own_postgres: LocalPostgres, instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    chaosd = StandinChaosd(refuse_attacks="stress-ng: command not found").start()
+    try:
+        plan = chaos_plan(tmp_path / "plans", "refused", own_postgres, f"""\
+  engine: chaosd
+  experiments:
+    - name: cpu-hog
+      fault_type: stress
+      target: {{address: "{chaosd.address}"}}
+      parameters: {{action: cpu, workers: 1, load: 10}}
+      schedule: {{start_after: 2s, duration: 2s}}
+""", hold_for="20s")  # fmt: skip
+        started = time.monotonic()
+        success, run_id = execute(plan, instance)
+    finally:
+        chaosd.stop()
+    assert not success
+    assert time.monotonic() - started < 20, "the load went on without its fault"
+    result = stored_result(run_id)
+    assert result["status"] == "failed"
+    assert "could not inject 'cpu-hog' (stress)" in result["error"]
+    assert "stress-ng: command not found" in result["error"]
+    assert result["faults"][0]["status"] == "inject_failed"
+    assert result["total"]["count"] > 0
+
+
+def test_a_chaosd_that_does_not_answer_refuses_the_run_before_the_load(
+    own_postgres: LocalPostgres, instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    plan = chaos_plan(tmp_path / "plans", "unanswered", own_postgres, f"""\
+  engine: chaosd
+  experiments:
+    - name: cpu-hog
+      fault_type: stress
+      target: {{address: "127.0.0.1:{free_port()}"}}
+      parameters: {{action: cpu, workers: 1, load: 10}}
+      schedule: {{start_after: 2s, duration: 2s}}
+""")  # fmt: skip
+    success, run_id = execute(plan, instance)
+    assert not success
+    result = stored_result(run_id)
+    assert result["status"] == "failed"
+    assert "unanswered.yaml:" in result["error"]
+    assert "experiment 'cpu-hog': chaosd at 127.0.0.1:" in result["error"]
+    assert result["total"] is None
+
+
+def test_the_next_run_recovers_a_fault_a_dead_run_left_before_it_measures(
+    own_postgres: LocalPostgres, instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    pid_file = own_postgres.data_dir / "postmaster.pid"
+    plan = chaos_plan(tmp_path / "plans", "after_crash", own_postgres, f"""\
+  engine: local
+  experiments:
+    - name: late-freeze
+      fault_type: pause
+      target: {{pid_file: {pid_file}}}
+      schedule: {{start_after: 3s, duration: 1s}}
+""", hold_for="5s")  # fmt: skip
+    sut = plan_sut(load_plan(plan))
+    # What a run killed in the middle of its fault leaves: the SUT paused, the recipe journalled.
+    dead_run = "after_crash_20261204-0500_deadbeef"
+    left = PlannedFault(name="freeze", backend="local", fault_type="pause",
+                        target={"pid_file": str(pid_file)}, parameters={}, start_s=0, end_s=60,
+                        run_id=dead_run, sut_key=sut.key, sut_host="127.0.0.1",
+                        sut_port=own_postgres.port)  # fmt: skip
+    injected = LocalBackend().inject(left)
+    store = LeaseStore(get_settings().database_url)
+    store.record_fault(sut.key, dead_run, "freeze", json.dumps(dict(injected.recipe)))
+    assert any(p.status() == psutil.STATUS_STOPPED for p in _server_processes(own_postgres))
+
+    success, run_id = execute(plan, instance)
+    assert success
+    result = stored_result(run_id)
+    assert result["status"] == "completed"
+    assert result["total"]["errors"] == 0
+    assert result["faults"][0]["status"] == "recovered"
+    assert store.open_faults() == []
+    assert _answers(own_postgres)
