@@ -73,8 +73,15 @@ class ChaosBackend(Protocol):
         tool, an unreachable API, a parameter the backend does not take); empty when none."""
         ...
 
+    def planned_recipe(self, fault: PlannedFault) -> Mapping[str, Any]:
+        """The recipe that recovers `fault` whether or not its injection went through, known
+        before injecting: the journal holds it while the fault goes in, so that a process
+        dying in the middle of an injection leaves nothing it cannot recover."""
+        ...
+
     def inject(self, fault: PlannedFault) -> Injected:
-        """Injects `fault` now; returns once the backend says it is in place."""
+        """Injects `fault` now; returns once the backend says it is in place. A partial
+        injection that fails is undone before the error is raised."""
         ...
 
     def recover(self, recipe: Mapping[str, Any]) -> str:

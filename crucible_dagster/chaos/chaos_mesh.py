@@ -123,6 +123,10 @@ class ChaosMeshBackend:
             return problems
         return spec_problems(fault.fault_type, custom_resource(fault)["spec"])
 
+    def planned_recipe(self, fault: PlannedFault) -> dict[str, Any]:
+        """The recipe, known before the object is created: its name is the fault's own."""
+        return self._recipe(custom_resource(fault))
+
     def inject(self, fault: PlannedFault) -> Injected:
         problems = self.problems(fault)
         if problems:

@@ -339,11 +339,18 @@ class ChaosdBackend:
                     f"{chaosd_message(response)}")  # fmt: skip
         return None
 
+    def planned_recipe(self, fault: PlannedFault) -> dict[str, Any]:
+        """The recipe, known before the attack is sent: Crucible names the attack's uid, one
+        per run and experiment."""
+        uid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"crucible:{fault.run_id}:{fault.name}"))
+        address = str(fault.target.get("address", ""))
+        return {"backend": CHAOSD, "address": address, "uid": uid, "kind": fault.fault_type}
+
     def inject(self, fault: PlannedFault) -> Injected:
         kind = fault.fault_type
         address = str(fault.target.get("address", ""))
         url = base_url(address)
-        uid = str(uuid.uuid4())
+        uid = str(self.planned_recipe(fault)["uid"])
         body = attack_body(fault, uid)
         what = f"the {kind} attack of experiment {fault.name!r} on chaosd at {address}"
         try:

@@ -38,6 +38,9 @@ class LocalBackend:
     def problems(self, fault: PlannedFault) -> list[str]:
         return self._family(fault.fault_type).problems(fault)
 
+    def planned_recipe(self, fault: PlannedFault) -> Mapping[str, Any]:
+        return self._family(fault.fault_type).planned_recipe(fault)
+
     def inject(self, fault: PlannedFault) -> Injected:
         return self._family(fault.fault_type).inject(fault)
 

@@ -72,23 +72,24 @@ class NetfilterFaults:
         problems = self.problems(fault)
         if problems:
             raise ChaosError(f"cannot inject {fault.name!r}: " + "; ".join(problems))
-        netns = str(fault.target["netns"])
-        probability = None
-        if fault.fault_type == "loss":
-            probability = parse_loss(fault.parameters["loss"])
-        rule = rule_spec(fault.sut_port, probability, rule_comment(fault.run_id, fault.name))
+        recipe = self.planned_recipe(fault)
+        netns, rule = str(recipe["netns"]), list(recipe["rule"])
         _iptables(netns, "-I", CHAIN, "1", *rule)
-        recipe = {
-            "backend": LOCAL,
-            "fault": fault.fault_type,
-            "netns": netns,
-            "chain": CHAIN,
-            "rule": rule,
-        }
+        probability = parse_loss(fault.parameters["loss"]) if fault.fault_type == "loss" else None
         share = "all" if probability is None else f"{probability:.0%}"
         return Injected(
             f"dropping {share} of tcp packets to port {fault.sut_port} in netns {netns}", recipe
         )
+
+    def planned_recipe(self, fault: PlannedFault) -> dict[str, Any]:
+        """The recipe, known before the rule goes in: the rule is the fault's own."""
+        probability = None
+        if fault.fault_type == "loss":
+            probability = parse_loss(fault.parameters["loss"])
+        rule = rule_spec(fault.sut_port, probability, rule_comment(fault.run_id, fault.name))
+        netns = str(fault.target["netns"])
+        return {"backend": LOCAL, "fault": fault.fault_type, "netns": netns, "chain": CHAIN,
+                "rule": rule}  # fmt: skip
 
     def recover(self, recipe: Mapping[str, Any]) -> str:
         netns, chain, rule = _recipe_rule(recipe)

@@ -79,6 +79,18 @@ class ProcessFaults:
             return _kill(fault, pid_file, main)
         return _restart(fault, pid_file, main)
 
+    def planned_recipe(self, fault: PlannedFault) -> dict[str, Any]:
+        """A recipe written before the fault goes in, for a process that dies while injecting:
+        the processes as they are now (resumed, or started again, as the fault needs)."""
+        pid_file = str(fault.target["pid_file"])
+        main = _main_process(pid_file)
+        refs = [_ref(process) for process in [main, *main.children(recursive=True)]]
+        recipe: dict[str, Any] = {"backend": LOCAL, "fault": fault.fault_type,
+                                  "pid_file": pid_file, "processes": refs}  # fmt: skip
+        if fault.fault_type != "pause":
+            recipe.update(_StartSpec.from_fault(fault).recipe())
+        return recipe
+
     def recover(self, recipe: Mapping[str, Any]) -> str:
         kind = recipe.get("fault")
         if recipe.get("backend") != LOCAL or kind not in LOCAL_PROCESS_FAULTS:

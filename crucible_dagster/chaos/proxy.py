@@ -763,14 +763,13 @@ class ProxyFaults:
             described = f"reset of {open_before} open connection{plural} and every new one"
         host, port = proxy.address
         where = f"{proxy.upstream_host}:{proxy.upstream_port} via {host}:{port}"
-        recipe = {
-            "backend": LOCAL,
-            "fault": fault.fault_type,
-            "name": fault.name,
-            "proxy_pid": os.getpid(),
-            "proxy_port": port,
-        }
-        return Injected(status=f"{described} on {where}", recipe=recipe)
+        return Injected(status=f"{described} on {where}", recipe=self.planned_recipe(fault))
+
+    def planned_recipe(self, fault: PlannedFault) -> dict[str, Any]:
+        """The recipe, known before the fault goes in: the impairment's name on this proxy."""
+        port = self.proxy.address[1] if self.proxy is not None and self.proxy.running else 0
+        return {"backend": LOCAL, "fault": fault.fault_type, "name": fault.name,
+                "proxy_pid": os.getpid(), "proxy_port": port}  # fmt: skip
 
     def recover(self, recipe: Mapping[str, Any]) -> str:
         missing = [key for key in ("fault", "name", "proxy_pid", "proxy_port") if key not in recipe]

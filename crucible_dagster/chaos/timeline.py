@@ -1,10 +1,11 @@
 """The chaos timeline: every experiment injected and recovered on the load's clock.
 
 Each experiment gets a thread that sleeps until its planned start (counted from the instant the
-load started, which the engine announces), injects the fault, journals the recipe, sleeps until
-the planned end and recovers it. Experiments overlap freely. `stop()` ends every window at once
-(the load ended early, failed or was cancelled): faults in place are recovered, faults not yet
-started are never injected. `close()` waits for all of that and returns what happened.
+load started, which the engine announces), journals the recipe that recovers the fault, injects
+it, journals the recipe the injection gave, sleeps until the planned end and recovers it.
+Experiments overlap freely. `stop()` ends every window at once (the load ended early, failed or
+was cancelled): faults in place are recovered, faults not yet started are never injected.
+`close()` waits for all of that and returns what happened.
 
 Recovery is tried a few times before it counts as failed; a fault whose recovery failed stays in
 the journal, so that the sweeper or the SUT's next run retries it.
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from crucible_dagster.chaos.base import ChaosBackend, Injected, PlannedFault
+from crucible_dagster.chaos.base import ChaosBackend, PlannedFault
 from crucible_dagster.results.model import FaultEvent, FaultStatus
 
 RECOVER_ATTEMPTS = 3
@@ -116,11 +117,19 @@ class ChaosTimeline:
         if self._stopping.wait(max(0.0, load_start + fault.start_s - time.time())):
             track.status = FaultStatus.NOT_INJECTED
             return
+        # Journalled before it goes in: a process dying in the middle of the injection leaves
+        # a recipe that recovers whatever part of the fault went in.
+        planned = self._planned(track)
+        if planned is not None and not self._journal(track, planned):
+            track.status = FaultStatus.NOT_INJECTED
+            return
         try:
             injected = track.backend.inject(fault)
         except Exception as error:  # a backend's failure of any kind stops only this fault
             track.error = f"could not inject {fault.name!r} ({fault.fault_type}): {error}"
             track.status = FaultStatus.INJECT_FAILED
+            if planned is not None:
+                self._undo_partial(track, planned)
             self.say(track.error)
             self.on_failure(track.error)
             return
@@ -129,22 +138,46 @@ class ChaosTimeline:
         track.inject_status = injected.status
         self.say(f"fault {fault.name!r} injected at +{track.injected_at - load_start:.1f}s: "
                  f"{injected.status}")  # fmt: skip
-        journalled = self._journal(track, injected)
+        journalled = self._journal(track, injected.recipe)
         end = load_start + fault.end_s
         early = not journalled or self._stopping.wait(max(0.0, end - time.time()))
         self._recover(track, early)
 
-    def _journal(self, track: _Track, injected: Injected) -> bool:
+    def _planned(self, track: _Track) -> Mapping[str, Any] | None:
+        if self.journal is None:
+            return None
+        try:
+            return track.backend.planned_recipe(track.fault)
+        except Exception:
+            # Then the injection cannot go in either, and says why itself.
+            return None
+
+    def _undo_partial(self, track: _Track, planned: Mapping[str, Any]) -> None:
+        """After a failed injection: recovers whatever part of it went in, so that the journal
+        entry can go; if that fails too, the entry stays for the sweeper and the next run."""
+        fault = track.fault
+        try:
+            track.backend.recover(planned)
+        except Exception as error:
+            track.error = f"{track.error}; recovering what may have gone in failed too: {error}"
+            return
+        if self.journal is not None:
+            try:
+                self.journal.fault_recovered(fault.run_id, fault.name)
+            except Exception as error:
+                self.say(f"fault {fault.name!r}: its journal entry stays: {error}")
+
+    def _journal(self, track: _Track, recipe: Mapping[str, Any]) -> bool:
         if self.journal is None:
             return True
         fault = track.fault
         try:
             self.journal.record_fault(fault.sut_key, fault.run_id, fault.name,
-                                      json.dumps(dict(injected.recipe)))  # fmt: skip
+                                      json.dumps(dict(recipe)))  # fmt: skip
         except Exception as error:
-            # Without its journal entry a fault could outlive a dead run: take it out now.
-            track.error = f"could not journal fault {fault.name!r}, so it was recovered at " \
-                          f"once: {error}"  # fmt: skip
+            # Without its journal entry a fault could outlive a dead run: it does not go in, or
+            # comes out at once.
+            track.error = f"could not journal fault {fault.name!r}: {error}"
             self.on_failure(track.error)
             return False
         return True

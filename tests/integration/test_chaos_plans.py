@@ -21,6 +21,7 @@ from crucible_dagster.local_postgres import LocalPostgres, free_port, start_loca
 from crucible_dagster.plan import load_plan
 from crucible_dagster.run import plan_sut
 from crucible_dagster.settings import get_settings
+from tests.chaos_mesh_standin import Pod, StandinChaosMesh
 from tests.chaosd_standin import StandinChaosd
 from tests.conftest import PG_PASSWORD
 from tests.integration.test_plan_job import execute, stored_result
@@ -258,4 +259,101 @@ def test_the_next_run_recovers_a_fault_a_dead_run_left_before_it_measures(
     assert result["total"]["errors"] == 0
     assert result["faults"][0]["status"] == "recovered"
     assert store.open_faults() == []
+    assert _answers(own_postgres)
+
+
+def test_a_chaos_mesh_fault_is_created_watched_and_deleted_on_the_load_clock(
+    own_postgres: LocalPostgres,
+    instance: dg.DagsterInstance,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pods = [Pod("db", "pg-0", {"app": "pg"}, ("postgres",))]
+    chaos_mesh = StandinChaosMesh(pods=pods, inject_delay_s=0.3, recover_delay_s=0.3).start()
+    try:
+        kubeconfig = chaos_mesh.write_kubeconfig(tmp_path / "kubeconfig")
+        monkeypatch.setenv("CRUCIBLE_K8S_KUBECONFIG", str(kubeconfig))
+        get_settings.cache_clear()
+        plan = chaos_plan(tmp_path / "plans", "meshed", own_postgres, """\
+  engine: chaos-mesh
+  experiments:
+    - name: pg-delay
+      fault_type: networkchaos
+      target: {namespace: db, selector: {app: pg}}
+      parameters: {action: delay, delay: {latency: 10ms}}
+      schedule: {start_after: 2s, duration: 3s}
+""", hold_for="7s")  # fmt: skip
+        success, run_id = execute(plan, instance)
+        assert success
+        [fault] = stored_result(run_id)["faults"]
+        calls = list(chaos_mesh.requests)
+        left = dict(chaos_mesh.objects)
+    finally:
+        chaos_mesh.stop()
+        get_settings.cache_clear()
+    assert fault["status"] == "recovered"
+    assert fault["backend"] == "chaos-mesh" and fault["fault_type"] == "NetworkChaos"
+    assert fault["target"] == "pods app=pg in namespace db"
+    assert "AllInjected" in fault["inject_status"]
+    assert fault["inject_s"] == pytest.approx(2.3, abs=0.5)
+    methods = [method for method, path in calls if "/networkchaos" in path]
+    assert "POST" in methods and "DELETE" in methods
+    assert left == {}
+
+
+def test_a_chaosd_attack_is_sent_and_recovered_on_the_load_clock(
+    own_postgres: LocalPostgres, instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    chaosd = StandinChaosd().start()
+    try:
+        plan = chaos_plan(tmp_path / "plans", "attacked", own_postgres, f"""\
+  engine: chaosd
+  experiments:
+    - name: cpu-hog
+      fault_type: STRESS
+      target: {{address: "{chaosd.address}"}}
+      parameters: {{action: cpu, workers: 1, load: 10}}
+      schedule: {{start_after: 1s, duration: 2s}}
+""", hold_for="4s")  # fmt: skip
+        success, run_id = execute(plan, instance)
+        sent = [(r.method, r.path) for r in chaosd.requests]
+    finally:
+        chaosd.stop()
+    assert success
+    [fault] = stored_result(run_id)["faults"]
+    assert fault["status"] == "recovered"
+    assert "attack successfully" in fault["inject_status"]
+    assert ("POST", "/api/attack/stress") in sent
+    assert any(method == "DELETE" and path.startswith("/api/attack/") for method, path in sent)
+
+
+def test_an_aborting_threshold_ends_the_fault_with_the_load_and_the_sut_is_unharmed(
+    own_postgres: LocalPostgres, instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    plan = chaos_plan(tmp_path / "plans", "reset_abort", own_postgres, """\
+  engine: local
+  experiments:
+    - name: cut-off
+      fault_type: reset
+      target: {}
+      schedule: {start_after: 2s, duration: 20s}
+""", hold_for="30s")  # fmt: skip
+    text = plan.read_text().replace(
+        "  workload:\n",
+        "  thresholds:\n    total:\n"
+        "      - {threshold: \"rate<0.001\", abort_on_fail: true, delay_abort_eval: 1s}\n"
+        "  workload:\n",
+    )  # fmt: skip
+    plan.write_text(text)
+    started = time.monotonic()
+    success, run_id = execute(plan, instance)
+    assert success
+    assert time.monotonic() - started < 25
+    result = stored_result(run_id)
+    assert result["verdict"] == "aborted"
+    [fault] = result["faults"]
+    assert fault["status"] == "recovered_early"
+    assert fault["recover_s"] < 20
+    during = total_impact(fault)["during"]
+    assert during["errors"] > 0
     assert _answers(own_postgres)

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -24,8 +25,10 @@ def chaosd() -> Iterator[StandinChaosd]:
     standin.stop()
 
 
-def fault(address: str, kind: str = "network", parameters: dict[str, Any] = DELAY) -> PlannedFault:
-    return PlannedFault(name="slow_net", backend="chaosd", fault_type=kind,
+def fault(
+    address: str, kind: str = "network", parameters: dict[str, Any] = DELAY, name: str = "slow_net"
+) -> PlannedFault:
+    return PlannedFault(name=name, backend="chaosd", fault_type=kind,
                         target={"address": address}, parameters=parameters, start_s=5.0,
                         end_s=35.0, run_id="plan_20250101-0000_abcd1234", sut_key="k")  # fmt: skip
 
@@ -124,9 +127,10 @@ def test_parameters_the_backend_accepts_pass_chaosds_validation(chaosd: StandinC
         fault(chaosd.address, "user_defined", {"attackCmd": "true", "recoverCmd": "true"}),
     ]  # fmt: skip
 
-    for planned in faults:
+    for index, planned in enumerate(faults):
         assert backend.problems(planned) == []
-        backend.inject(planned)
+        # Experiment names are unique in a plan, and with them the attacks' uids.
+        backend.inject(replace(planned, name=f"experiment_{index}"))
 
     statuses = {e["kind"]: e["status"] for e in chaosd.experiments.values()}
     assert statuses == dict.fromkeys(

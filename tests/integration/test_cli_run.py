@@ -120,3 +120,63 @@ def test_killed_cli_run_is_failed_by_the_sensor_and_its_shards_stop(
         assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE  # type: ignore[union-attr]
     assert LeaseStore(get_settings().database_url).holder(sut) is None
     get_settings.cache_clear()
+
+
+def test_a_cli_run_killed_mid_fault_has_its_fault_recovered_by_the_sensor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dagster as dg
+
+    from crucible_dagster.defs.sweeper import crucible_orphaned_cli_runs
+    from crucible_dagster.lease import LeaseStore
+    from crucible_dagster.local_postgres import start_local_postgres
+    from crucible_dagster.plan import load_plan
+    from crucible_dagster.run import plan_sut
+    from crucible_dagster.settings import get_settings
+
+    server = start_local_postgres(tmp_path / "pg", password=PG_PASSWORD)
+    main = psutil.Process(server.pid)
+    try:
+        pid_file = server.data_dir / "postmaster.pid"
+        chaos = (
+            "chaos_spec:\n  engine: local\n  experiments:\n    - name: freeze\n"
+            f"      fault_type: pause\n      target: {{pid_file: {pid_file}}}\n"
+            "      schedule: {start_after: 1s, duration: 50s}\n"
+        )  # fmt: skip
+        plan = write_plan(
+            tmp_path / "plans", "killed_mid_fault", port=server.port, database="postgres",
+            workload="-- @type: sql\n-- @name: one\nSELECT 1\n", hold_for="60s", extra=chaos,
+            tables=(),
+        )  # fmt: skip
+        home = tmp_path / "home"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CRUCIBLE_", "DAGSTER_"))}
+        env |= {"CRUCIBLE_HOME": str(home), "CRUCIBLE_TEST_PG_PASSWORD": PG_PASSWORD}
+        cli = subprocess.Popen(
+            [str(BIN / "crucible"), "run", str(plan)], env=env, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 90
+        while main.status() != psutil.STATUS_STOPPED:
+            assert time.monotonic() < deadline, "the fault was never injected"
+            assert cli.poll() is None, "the run ended before its fault"
+            time.sleep(0.2)
+        cli.kill()
+        cli.wait(timeout=10)
+        time.sleep(1)
+        assert main.status() == psutil.STATUS_STOPPED  # what a dead run leaves behind
+
+        monkeypatch.setenv("CRUCIBLE_HOME", str(home))
+        monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
+        get_settings.cache_clear()
+        store = LeaseStore(get_settings().database_url)
+        assert [f.name for f in store.open_faults()] == ["freeze"]
+        with dg.DagsterInstance.get() as instance:
+            crucible_orphaned_cli_runs(dg.build_sensor_context(instance=instance))
+        assert main.status() != psutil.STATUS_STOPPED
+        assert store.open_faults() == []
+        assert store.holder(plan_sut(load_plan(plan))) is None
+    finally:
+        for process in [main, *main.children(recursive=True)]:
+            process.resume()
+        server.stop()
+        get_settings.cache_clear()

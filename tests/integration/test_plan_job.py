@@ -40,7 +40,7 @@ def write_plan(
     (folder / "workloads" / f"{workload_id}.sql").write_text(workload)
     fixtures = "".join(
         f"    - {{fixture_id: tpch/sf0.01/{table}, table: {table}}}\n" for table in tables
-    )
+    ) or "    []\n"
     path = folder / f"{name}.yaml"
     path.write_text(f"""\
 test_metadata:

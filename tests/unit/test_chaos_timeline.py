@@ -30,6 +30,9 @@ class RecordingBackend:
     def problems(self, fault: PlannedFault) -> list[str]:
         return []
 
+    def planned_recipe(self, fault: PlannedFault) -> dict[str, Any]:
+        return {"backend": "local", "fault": fault.name}
+
     def inject(self, fault: PlannedFault) -> Injected:
         with self.lock:
             self.calls.append(("inject", fault.name, time.time()))
@@ -157,3 +160,45 @@ def test_a_timeline_never_begun_reports_every_fault_not_injected(journal: LeaseS
     events = ChaosTimeline([fault("a", 1.0, 2.0)], {"local": backend}, journal=journal).close()
     assert [e.status for e in events] == [FaultStatus.NOT_INJECTED]
     assert backend.calls == []
+
+
+class SlowBackend(RecordingBackend):
+    """Injects only when told to, like a backend waiting for its fault to take hold."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proceed = threading.Event()
+
+    def inject(self, fault: PlannedFault) -> Injected:
+        self.proceed.wait(5.0)
+        return super().inject(fault)
+
+
+def test_the_recipe_is_journalled_before_the_fault_goes_in(journal: LeaseStore) -> None:
+    backend = SlowBackend()
+    timeline = ChaosTimeline([fault("slow", 0.0, 0.5)], {"local": backend}, journal=journal)
+    timeline.begin(time.time())
+    time.sleep(0.3)
+    # A process dying now leaves what recovers the fault, though the injection has not returned.
+    [entry] = journal.open_faults()
+    assert json.loads(entry.recipe) == {"backend": "local", "fault": "slow"}
+    backend.proceed.set()
+    events = timeline.close()
+    assert (
+        events[0].status is FaultStatus.RECOVERED_EARLY or events[0].status is FaultStatus.RECOVERED
+    )
+    assert journal.open_faults() == []
+
+
+def test_a_failed_injection_is_undone_from_the_planned_recipe(journal: LeaseStore) -> None:
+    backend = RecordingBackend(fail_inject={"half"})
+    backend.active.add("half")  # what a partial injection left before it failed
+    failed = threading.Event()
+    timeline = ChaosTimeline([fault("half", 0.0, 1.0)], {"local": backend}, journal=journal,
+                             on_failure=lambda _: failed.set())  # fmt: skip
+    timeline.begin(time.time())
+    assert failed.wait(2.0)
+    events = timeline.close()
+    assert events[0].status is FaultStatus.INJECT_FAILED
+    assert backend.active == set()
+    assert journal.open_faults() == []
