@@ -491,33 +491,31 @@ def _ms(value: float | None) -> str:
 
 
 def _faults_table(result: Result) -> Table:
-    """Each fault: when it was planned and happened, and total p99 before, during and after."""
+    """Each fault: when it was in place, how it ended, and the total p99 before, during and
+    after it, narrow enough for an 80-column terminal (the report has the rest)."""
     table = Table(title="faults (seconds from the start of the load)", title_justify="left")
-    columns = ["fault", "type", "planned", "actual", "status", "p99 ms before", "during",
-               "after", "recovered in"]  # fmt: skip
-    for column in columns:
-        left = column in ("fault", "type", "status")
-        table.add_column(column, justify="left" if left else "right")
+    for column in ("fault", "type", "in place", "status", "p99 ms before/during/after", "back"):
+        table.add_column(column, justify="right" if column in ("in place", "back") else "left")
     for fault in result.faults:
         total = next((i for i in fault.impact if i.query == "total"), None)
-
-        def p99(window: object) -> str:
-            return _ms(getattr(window, "p99_ms", None))
-
-        actual = "–"
+        window = "–"
         if fault.inject_s is not None:
-            end = "–" if fault.recover_s is None else f"{fault.recover_s:.1f}"
-            actual = f"{fault.inject_s:.1f}–{end}"
-        recovered = "–"
+            end = "?" if fault.recover_s is None else f"{fault.recover_s:.1f}"
+            window = f"{fault.inject_s:.1f}–{end}"
+        p99s = "–"
+        if total is not None:
+            p99s = " / ".join(_short_ms(getattr(w, "p99_ms", None))
+                              for w in (total.before, total.during, total.after))  # fmt: skip
+        back = "–"
         if total is not None and total.recovered is not None:
-            recovered = f"{total.time_to_recover_s:.0f} s" if total.recovered else "not within run"
-        table.add_row(
-            escape(fault.name), fault.fault_type,
-            f"{fault.planned_inject_s:g}–{fault.planned_recover_s:g}", actual,
-            fault.status.value, p99(total and total.before), p99(total and total.during),
-            p99(total and total.after), recovered,
-        )  # fmt: skip
+            back = f"{total.time_to_recover_s:.0f} s" if total.recovered else "never"
+        table.add_row(escape(fault.name), fault.fault_type, window,
+                      fault.status.value.replace("_", " "), p99s, back)  # fmt: skip
     return table
+
+
+def _short_ms(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3g}" if value < 100 else f"{value:.0f}"
 
 
 def _exit_code(result: Result) -> int:
