@@ -241,3 +241,36 @@ def test_plan_with_executor_k6_runs_through_dagster_to_per_query_results(
     assert sum("k6 shard" in line and "summary" in line for line in logs) == 2
     assert all(CH_PASSWORD not in line for line in logs)
     assert CH_PASSWORD not in json.dumps(result)
+
+
+def test_k6_traffic_goes_through_the_fault_proxy_and_its_latency_is_measured(
+    clickhouse: ClickHouseServer, instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    database = "k6_" + secrets.token_hex(4)
+    plan = plan_file(tmp_path / "plans", "ch_k6_chaos", port=clickhouse.http_port,
+                     database=database, execution="  executor: k6\n")  # fmt: skip
+    text = plan.read_text().replace("  hold_for: 2s\n", "  hold_for: 9s\n")
+    plan.write_text(
+        text
+        + """\
+chaos_spec:
+  engine: local
+  experiments:
+    - name: slow-http
+      fault_type: latency
+      target: {}
+      parameters: {latency: 60ms}
+      schedule: {start_after: 3s, duration: 3s}
+"""
+    )
+    try:
+        success, run_id = plan_job_tests.execute(plan, instance)
+        result = plan_job_tests.stored_result(run_id)
+    finally:
+        clickhouse.query(f"DROP DATABASE IF EXISTS {database}")
+    assert success, result.get("error")
+    [fault] = result["faults"]
+    assert fault["status"] == "recovered"
+    for impact in fault["impact"]:
+        before, during = impact["before"], impact["during"]
+        assert 50 <= during["p50_ms"] - before["p50_ms"] <= 120, impact
