@@ -118,6 +118,7 @@ def _run(
     entry: str = NATIVE_ENTRY,
     ready_timeout_s: float = 60.0,
     stop: threading.Event | None = None,
+    on_start: Callable[[float], None] | None = None,
 ) -> PodLoad:
     specs = [native_shard_spec(target, _queries(), shape, i) for i in range(shape.shards)]
     return run_pod_shards(
@@ -132,6 +133,7 @@ def _run(
         access=access,
         ready_timeout_s=ready_timeout_s,
         stop=stop,
+        on_start=on_start,
     )
 
 
@@ -162,9 +164,13 @@ def test_two_pods_split_the_load_and_start_together(
     monkeypatch.setenv("HOSTNAME", "run-worker")
     target = _target(postgres, pg_database)
     shape = LoadShape(concurrency=4, ramp_up_s=0.0, hold_for_s=2.0, shards=2, seed=5)
+    announced: list[float] = []
 
-    load = _in_op(lambda context: _run(context, target, shape, access))
+    load = _in_op(lambda context: _run(context, target, shape, access, on_start=announced.append))
     measurement = load.measurement(_queries(), shape)
+
+    # What a chaos timeline aligns with: the instant the pods were released to start at.
+    assert announced == [pytest.approx(measurement.started_at.timestamp(), abs=0.001)]
 
     assert sorted(r.shard for r in load.results) == [0, 1]
     assert not load.stopped
