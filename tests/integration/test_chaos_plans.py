@@ -357,3 +357,43 @@ def test_an_aborting_threshold_ends_the_fault_with_the_load_and_the_sut_is_unhar
     during = total_impact(fault)["during"]
     assert during["errors"] > 0
     assert _answers(own_postgres)
+
+
+def test_the_sweeper_recovers_what_a_failed_run_left_before_it_frees_the_lease(
+    own_postgres: LocalPostgres, instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    from crucible_dagster.defs.sweeper import crucible_sweeper
+    from crucible_dagster.run import RUN_ID_TAG
+    from crucible_dagster.suts.base import sut_identity
+
+    failed_run = "swept_20261204-0500_0badc0de"
+    sut = sut_identity("postgresql", "127.0.0.1", own_postgres.port, "postgres")
+    store = LeaseStore(get_settings().database_url)
+    assert store.try_acquire(sut, failed_run, "swept", None, ttl_s=600) is not None
+    pid_file = own_postgres.data_dir / "postmaster.pid"
+    left = PlannedFault(name="freeze", backend="local", fault_type="pause",
+                        target={"pid_file": str(pid_file)}, parameters={}, start_s=0, end_s=60,
+                        run_id=failed_run, sut_key=sut.key)  # fmt: skip
+    injected = LocalBackend().inject(left)
+    store.record_fault(sut.key, failed_run, "freeze", json.dumps(dict(injected.recipe)))
+
+    @dg.op
+    def breaks() -> None:
+        raise RuntimeError("the run worker fell over")
+
+    @dg.job
+    def falls_over() -> None:
+        breaks()
+
+    outcome = falls_over.execute_in_process(instance=instance, raise_on_error=False,
+                                            tags={RUN_ID_TAG: failed_run})  # fmt: skip
+    context = dg.build_run_status_sensor_context(
+        sensor_name="crucible_sweeper", dagster_instance=instance,
+        dagster_run=outcome.dagster_run, dagster_event=outcome.get_run_failure_event(),
+    ).for_run_failure()  # fmt: skip
+    crucible_sweeper(context)
+
+    assert not any(p.status() == psutil.STATUS_STOPPED for p in _server_processes(own_postgres))
+    assert store.open_faults() == []
+    assert store.holder(sut) is None
+    assert _answers(own_postgres)
