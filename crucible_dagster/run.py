@@ -32,6 +32,7 @@ from crucible_dagster.chaos.faults import (
     unreachable,
 )
 from crucible_dagster.chaos.impact import fault_impact
+from crucible_dagster.chaos.proxy import FaultProxy
 from crucible_dagster.chaos.timeline import ChaosTimeline
 from crucible_dagster.engine import (
     EngineQuery,
@@ -627,8 +628,6 @@ def run_the_load(run: PlanRun, on_progress: Callable[[Progress], None] | None = 
     spec = run.loaded.plan.chaos_spec
     proxy = None
     if needs_proxy(spec):
-        from crucible_dagster.chaos.proxy import FaultProxy
-
         proxy = FaultProxy(target.host, target.port)
         host, port = proxy.start()
         run.say("SUT traffic goes through the fault proxy at %s:%d", host, port)
@@ -647,7 +646,7 @@ def run_the_load(run: PlanRun, on_progress: Callable[[Progress], None] | None = 
         raise RunError(run.chaos_failure)
 
 
-def _chaos_timeline(run: PlanRun, proxy: object) -> ChaosTimeline:
+def _chaos_timeline(run: PlanRun, proxy: FaultProxy | None) -> ChaosTimeline:
     faults = run_faults(run)
     names = {fault.backend for fault in faults}
     backends = {name: backend_for(name, run.settings, proxy) for name in names}

@@ -13,6 +13,10 @@ from crucible_dagster.chaos.base import (
     ChaosError,
     PlannedFault,
 )
+from crucible_dagster.chaos.chaos_mesh import ChaosMeshBackend
+from crucible_dagster.chaos.chaosd import ChaosdBackend
+from crucible_dagster.chaos.local import LocalBackend
+from crucible_dagster.chaos.proxy import FaultProxy
 from crucible_dagster.plan.models import (
     LOCAL_NETWORK_FAULTS,
     LOCAL_PROCESS_FAULTS,
@@ -70,29 +74,21 @@ def target_text(experiment: ChaosExperiment, sut: SutIdentity) -> str:
     return f"traffic to {sut.host}:{sut.port}, through the proxy"
 
 
-def backend_for(name: str, settings: Settings, proxy: Any = None) -> ChaosBackend:
+def backend_for(name: str, settings: Settings, proxy: FaultProxy | None = None) -> ChaosBackend:
     """The backend `name`, built from the settings; `proxy` is the run's FaultProxy, if any.
     Its `problems` contact nothing: `unreachable` does that, when a run is about to start."""
     if name == LOCAL:
-        from crucible_dagster.chaos.local import LocalBackend
-
         return LocalBackend(proxy)
     if name == CHAOS_MESH:
-        from crucible_dagster.chaos.chaos_mesh import ChaosMeshBackend
-
         kubeconfig = settings.k8s_kubeconfig
         return ChaosMeshBackend(kubeconfig_file=str(kubeconfig) if kubeconfig else None)
     if name == CHAOSD:
-        from crucible_dagster.chaos.chaosd import ChaosdBackend
-
         return ChaosdBackend(probe=False)
     raise ChaosError(f"there is no chaos backend {name!r}")
 
 
 def unreachable(faults: Sequence[PlannedFault]) -> list[tuple[PlannedFault, str]]:
     """The faults whose backend does not answer, with why: asked once per chaosd address."""
-    from crucible_dagster.chaos.chaosd import ChaosdBackend
-
     found: list[tuple[PlannedFault, str]] = []
     asked: dict[str, str | None] = {}
     probe = ChaosdBackend()
