@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
+import psutil
 import pytest
 
 from crucible_dagster.local_postgres import LocalPostgres, start_local_postgres
@@ -25,6 +26,46 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPostgres
     yield server
     server.stop()
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[LocalPostgres]:
+    """A PostgreSQL server for one test, for faults that would hurt every other test's."""
+    root = Path(tempfile.mkdtemp(prefix="crucible-test-own-pg-"))
+    server = start_local_postgres(root / "data", password=PG_PASSWORD)
+    yield server
+    for process in server_processes(server):
+        process.resume()  # whatever a failed test left paused
+    server.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def server_processes(server: LocalPostgres) -> list[psutil.Process]:
+    """The server's postmaster and its children, as they are now."""
+    try:
+        main = psutil.Process(server.pid)
+        return [main, *main.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def paused(server: LocalPostgres) -> bool:
+    """Whether any process of the server is stopped (SIGSTOP)."""
+    return any(p.status() == psutil.STATUS_STOPPED for p in server_processes(server))
+
+
+def answers(server: LocalPostgres) -> bool:
+    """Whether the server answers a query on a new connection within a few seconds."""
+    import asyncio
+
+    async def ask() -> int:
+        conn = await asyncpg.connect(server.dsn(), password=PG_PASSWORD, timeout=5)
+        try:
+            return int(await asyncio.wait_for(conn.fetchval("SELECT 41 + 1"), 5))
+        finally:
+            await conn.close()
+
+    return asyncio.run(ask()) == 42
 
 
 @pytest.fixture

@@ -5,9 +5,14 @@ measured window, `warm_up_s` later. A series second `t` covers load time
 `[t + warm_up_s, t + warm_up_s + 1)`, and falls in one slice of a fault injected at `i` and
 recovered at `r` (both in series time):
 
-- before: the second ends by the injection (`t + 1 <= i`);
-- during: the second overlaps the fault (`t < r` and `t + 1 > i`; to the end without `r`);
-- after: the second starts at or after the recovery (`t >= r`).
+- before: most of the second is before the injection (`t + 0.5 < i`);
+- during: most of it is inside the fault (`i <= t + 0.5 < r`; to the end without `r`);
+- after: most of it is after the recovery (`t + 0.5 >= r`).
+
+A second at an edge mixes both sides, so the slices are exact to half a second. Executions
+count in the second they end in: the ones a pause held up end right after the recovery, in the
+first after-second, where they delay the time to recover. A fault too short to hold most of any
+second gets the seconds it touches (`t < r` and `t + 1 > i`) as its during slice.
 
 Seconds past the measured window (the graceful stop, which the series also holds) count only
 when the caller does not say how long the window was: with `measured_s`, a second counts only
@@ -26,6 +31,7 @@ summed histograms and the few seconds that may mark the recovery, however long t
 
 import bisect
 import logging
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -221,15 +227,29 @@ class _FaultTracker:
         self.queries = {name: _QueryTracker() for name in names}
 
     def add(self, t: int, rows: dict[str, QuerySecond], p99s: _SecondP99) -> None:
-        if t + 1 <= self.inject:
-            for name, row in rows.items():
-                self.queries[name].before.add(row)
-        elif self.recover is None or t < self.recover:
-            for name, row in rows.items():
-                self.queries[name].during.add(row)
-        else:
-            for name, row in rows.items():
-                self.queries[name].add_after(t, row, p99s[name])
+        where = self._slice(t)
+        for name, row in rows.items():
+            query = self.queries[name]
+            if where == "before":
+                query.before.add(row)
+            elif where == "during":
+                query.during.add(row)
+            else:
+                query.add_after(t, row, p99s[name])
+
+    def _slice(self, t: int) -> str:
+        """The slice of second `t`: the one holding most of it; for a fault too short to hold
+        most of any second, the seconds it touches are during it."""
+        middle = t + 0.5
+        if self.recover is None:
+            return "before" if middle < self.inject else "during"
+        if math.ceil(self.inject - 0.5) + 0.5 >= self.recover:
+            if t + 1 <= self.inject:
+                return "before"
+            return "after" if t >= self.recover else "during"
+        if middle < self.inject:
+            return "before"
+        return "during" if middle < self.recover else "after"
 
     def impact(self) -> list[QueryImpact]:
         return [self._query_impact(name, q) for name, q in self.queries.items()]

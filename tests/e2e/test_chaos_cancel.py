@@ -1,27 +1,21 @@
 """Cancelling a run from the Dagster UI in the middle of a fault: the fault is recovered and the
 SUT is healthy. A real webserver and daemon, driven over GraphQL as the UI drives them."""
 
-import asyncio
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
-import asyncpg
-import psutil
 import pytest
 
 from crucible_dagster.defs.instance import DAGSTER_YAML
-from crucible_dagster.local_postgres import LocalPostgres, free_port, start_local_postgres
+from crucible_dagster.local_postgres import LocalPostgres, free_port
 from crucible_dagster.settings import PROJECT_ROOT
-from tests.conftest import PG_PASSWORD
+from tests.conftest import PG_PASSWORD, answers, paused
 
 pytestmark = pytest.mark.e2e
 
@@ -49,29 +43,6 @@ def wait_for(what: str, check: object, timeout_s: float) -> None:
     while not check():  # type: ignore[operator]
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.5)
-
-
-@pytest.fixture
-def own_postgres() -> Iterator[LocalPostgres]:
-    root = Path(tempfile.mkdtemp(prefix="crucible-test-cancel-pg-"))
-    server = start_local_postgres(root / "data", password=PG_PASSWORD)
-    yield server
-    for process in server_processes(server):
-        process.resume()
-    server.stop()
-    shutil.rmtree(root, ignore_errors=True)
-
-
-def server_processes(server: LocalPostgres) -> list[psutil.Process]:
-    try:
-        main = psutil.Process(server.pid)
-        return [main, *main.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-
-
-def paused(server: LocalPostgres) -> bool:
-    return any(p.status() == psutil.STATUS_STOPPED for p in server_processes(server))
 
 
 def start(argv: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -182,14 +153,7 @@ chaos_spec:
 
     assert not paused(own_postgres)
 
-    async def answer() -> int:
-        conn = await asyncpg.connect(own_postgres.dsn(), password=PG_PASSWORD, timeout=5)
-        try:
-            return int(await conn.fetchval("SELECT 42"))
-        finally:
-            await conn.close()
-
-    assert asyncio.run(answer()) == 42
+    assert answers(own_postgres)
     [result_file] = (home / "storage" / "results").glob("cancelled_mid_fault_*/result.json")
     result = json.loads(result_file.read_text())
     assert result["status"] == "cancelled"

@@ -1,15 +1,11 @@
 """Plans with chaos, run as Dagster jobs against a real PostgreSQL of their own: the faults are
 injected on the load's clock, recovered, and their effect shows in the result."""
 
-import asyncio
 import json
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import asyncpg
 import dagster as dg
 import psutil
 import pytest
@@ -17,13 +13,13 @@ import pytest
 from crucible_dagster.chaos.base import PlannedFault
 from crucible_dagster.chaos.local import LocalBackend
 from crucible_dagster.lease import LeaseStore
-from crucible_dagster.local_postgres import LocalPostgres, free_port, start_local_postgres
+from crucible_dagster.local_postgres import LocalPostgres, free_port
 from crucible_dagster.plan import load_plan
 from crucible_dagster.run import plan_sut
 from crucible_dagster.settings import get_settings
 from tests.chaos_mesh_standin import Pod, StandinChaosMesh
 from tests.chaosd_standin import StandinChaosd
-from tests.conftest import PG_PASSWORD
+from tests.conftest import PG_PASSWORD, answers, server_processes
 from tests.integration.test_plan_job import execute, stored_result
 
 pytestmark = pytest.mark.integration
@@ -38,41 +34,10 @@ SELECT pg_sleep(0.005)
 
 
 @pytest.fixture
-def own_postgres() -> Iterator[LocalPostgres]:
-    """A PostgreSQL server for one test, since its faults would hurt every other test's."""
-    root = Path(tempfile.mkdtemp(prefix="crucible-test-chaos-pg-"))
-    server = start_local_postgres(root / "data", password=PG_PASSWORD)
-    yield server
-    for process in _server_processes(server):
-        process.resume()  # whatever a failed test left paused
-    server.stop()
-    shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture
 def instance(crucible_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dg.DagsterInstance]:
     monkeypatch.setenv("CRUCIBLE_TEST_PG_PASSWORD", PG_PASSWORD)
     with dg.instance_for_test() as instance:
         yield instance
-
-
-def _server_processes(server: LocalPostgres) -> list[psutil.Process]:
-    try:
-        main = psutil.Process(server.pid)
-        return [main, *main.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-
-
-def _answers(server: LocalPostgres) -> bool:
-    async def ask() -> int:
-        conn = await asyncpg.connect(server.dsn(), password=PG_PASSWORD, timeout=5)
-        try:
-            return int(await asyncio.wait_for(conn.fetchval("SELECT 41 + 1"), 5))
-        finally:
-            await conn.close()
-
-    return asyncio.run(ask()) == 42
 
 
 def chaos_plan(folder: Path, name: str, server: LocalPostgres, chaos: str, *,
@@ -132,15 +97,16 @@ def test_pausing_the_sut_shows_in_the_during_window_and_it_runs_again_afterwards
     assert fault["recover_s"] == pytest.approx(5.0, abs=0.3)
     total = total_impact(fault)
     before, during, after = total["before"], total["during"], total["after"]
-    # Queries caught by the pause wait for it to end: up to its 2 s.
+    # Nothing ends while the SUT is paused; the queries it held up end just after it resumes,
+    # in the first second after the fault, having waited up to its 2 s.
     assert before["p99_ms"] < 200
-    assert during["max_ms"] > 1000
-    assert during["qps"] < before["qps"] / 2
-    assert after["p99_ms"] < 200
-    assert total["recovered"] is True and total["time_to_recover_s"] is not None
+    assert during["qps"] < before["qps"] / 10
+    assert after["max_ms"] > 1000
+    # Two held-up queries among hundreds in that second leave its p99 where it was.
+    assert total["recovered"] is True and total["time_to_recover_s"] < 3
 
-    assert all(p.status() != psutil.STATUS_STOPPED for p in _server_processes(own_postgres))
-    assert _answers(own_postgres)
+    assert all(p.status() != psutil.STATUS_STOPPED for p in server_processes(own_postgres))
+    assert answers(own_postgres)
     settings = get_settings()
     assert LeaseStore(settings.database_url).open_faults() == []
     assert LeaseStore(settings.database_url).holder(plan_sut(load_plan(plan))) is None
@@ -250,7 +216,7 @@ def test_the_next_run_recovers_a_fault_a_dead_run_left_before_it_measures(
     injected = LocalBackend().inject(left)
     store = LeaseStore(get_settings().database_url)
     store.record_fault(sut.key, dead_run, "freeze", json.dumps(dict(injected.recipe)))
-    assert any(p.status() == psutil.STATUS_STOPPED for p in _server_processes(own_postgres))
+    assert any(p.status() == psutil.STATUS_STOPPED for p in server_processes(own_postgres))
 
     success, run_id = execute(plan, instance)
     assert success
@@ -259,7 +225,7 @@ def test_the_next_run_recovers_a_fault_a_dead_run_left_before_it_measures(
     assert result["total"]["errors"] == 0
     assert result["faults"][0]["status"] == "recovered"
     assert store.open_faults() == []
-    assert _answers(own_postgres)
+    assert answers(own_postgres)
 
 
 def test_a_chaos_mesh_fault_is_created_watched_and_deleted_on_the_load_clock(
@@ -356,7 +322,7 @@ def test_an_aborting_threshold_ends_the_fault_with_the_load_and_the_sut_is_unhar
     assert fault["recover_s"] < 20
     during = total_impact(fault)["during"]
     assert during["errors"] > 0
-    assert _answers(own_postgres)
+    assert answers(own_postgres)
 
 
 def test_the_sweeper_recovers_what_a_failed_run_left_before_it_frees_the_lease(
@@ -393,7 +359,7 @@ def test_the_sweeper_recovers_what_a_failed_run_left_before_it_frees_the_lease(
     ).for_run_failure()  # fmt: skip
     crucible_sweeper(context)
 
-    assert not any(p.status() == psutil.STATUS_STOPPED for p in _server_processes(own_postgres))
+    assert not any(p.status() == psutil.STATUS_STOPPED for p in server_processes(own_postgres))
     assert store.open_faults() == []
     assert store.holder(sut) is None
-    assert _answers(own_postgres)
+    assert answers(own_postgres)

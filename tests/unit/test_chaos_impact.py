@@ -81,14 +81,23 @@ def test_warm_up_shifts_fault_times_onto_the_series() -> None:
     assert q.time_to_recover_s == 0
 
 
-def test_a_second_partly_inside_the_fault_counts_as_during() -> None:
+def test_an_edge_second_counts_in_the_slice_holding_most_of_it() -> None:
     lines = _series({range(30): 10.0}, 30)
-    [fault] = fault_impact(lines, [_fault("kill", 10.5, 19.5)], warm_up_s=0, query_names=["q"])
+    [fault] = fault_impact(lines, [_fault("kill", 10.4, 19.4)], warm_up_s=0, query_names=["q"])
 
     q = _impact(fault, "q")
     assert q.before is not None and q.during is not None and q.after is not None
-    # Seconds 0-9 end before 10.5; 10-19 overlap [10.5, 19.5]; 20-29 start after it.
-    assert (q.before.seconds, q.during.seconds, q.after.seconds) == (10, 10, 10)
+    # Seconds 0-9 are before 10.4; 10-18 mostly inside [10.4, 19.4]; 19 is mostly after it.
+    assert (q.before.seconds, q.during.seconds, q.after.seconds) == (10, 9, 11)
+
+
+def test_a_fault_shorter_than_a_second_takes_the_seconds_it_touches() -> None:
+    lines = _series({range(10): 10.0}, 10)
+    [fault] = fault_impact(lines, [_fault("blip", 3.6, 4.1)], warm_up_s=0, query_names=["q"])
+
+    q = _impact(fault, "q")
+    assert q.before is not None and q.during is not None and q.after is not None
+    assert (q.before.seconds, q.during.seconds, q.after.seconds) == (3, 2, 5)
 
 
 def test_overlapping_faults_each_get_their_own_slices() -> None:
@@ -233,3 +242,13 @@ def test_faults_are_copied_not_changed() -> None:
     original = _fault("kill", 1.0, 2.0)
     [copy] = fault_impact(_series({range(5): 1.0}, 5), [original], warm_up_s=0, query_names=["q"])
     assert original.impact == [] and copy.impact
+
+
+@pytest.mark.parametrize(("after_ms", "recovered"), [(10.8, True), (12.0, False)])
+def test_recovery_allows_ten_percent_above_the_p99_before(after_ms: float, recovered: bool) -> None:
+    lines = _series({range(10): 10.0, range(10, 20): 300.0, range(20, 30): after_ms}, 30)
+    [fault] = fault_impact(lines, [_fault("slow", 10.0, 20.0)], warm_up_s=0, query_names=["q"])
+
+    q = _impact(fault, "q")
+    assert q.recovered is recovered
+    assert q.time_to_recover_s == (0.0 if recovered else None)
