@@ -38,9 +38,10 @@ def write_plan(
     """A plan against a SUT on loopback that loads TPC-H sf0.01 `tables` and runs `workload`."""
     (folder / "workloads").mkdir(parents=True, exist_ok=True)
     (folder / "workloads" / f"{workload_id}.sql").write_text(workload)
-    fixtures = "".join(
-        f"    - {{fixture_id: tpch/sf0.01/{table}, table: {table}}}\n" for table in tables
-    ) or "    []\n"
+    fixtures = (
+        "".join(f"    - {{fixture_id: tpch/sf0.01/{table}, table: {table}}}\n" for table in tables)
+        or "    []\n"
+    )
     path = folder / f"{name}.yaml"
     path.write_text(f"""\
 test_metadata:
