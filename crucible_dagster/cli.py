@@ -44,6 +44,11 @@ fixtures_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(fixtures_app, name="fixtures")
+faults_app = typer.Typer(
+    help="Chaos faults still in place: the journal of faults runs injected and did not recover.",
+    no_args_is_help=True,
+)
+app.add_typer(faults_app, name="faults")
 # No emoji codes: `:name:` in a message (a query parameter, a table) must print as written.
 console = Console(emoji=False)
 errors = Console(stderr=True, emoji=False)
@@ -114,15 +119,16 @@ def run(
 ) -> None:
     """Runs a plan in this process (no daemon) against the SUT the plan names."""
     from crucible_dagster.plan import load_plan, validate_plan_file
-    from crucible_dagster.run import engine_problems, open_run
+    from crucible_dagster.run import chaos_reach_problems, engine_problems, open_run
     from crucible_dagster.settings import get_settings
 
     with _user_errors():
         # A mistake in the plan, its workloads or what its engine needs is bad input (exit 2),
-        # found before any run.
+        # found before any run; so is a chaos backend that does not answer.
         problems = validate_plan_file(plan, _storage_or_none())
         if not problems:
-            problems = engine_problems(open_run(load_plan(plan), get_settings()))
+            checked = open_run(load_plan(plan), get_settings())
+            problems = engine_problems(checked) or chaos_reach_problems(checked)
         if problems:
             raise ValidationError(problems)
         try:
@@ -196,6 +202,68 @@ def demo(
             highlight=False,
         )
     raise typer.Exit(_exit_code(result))
+
+
+@faults_app.command("list")
+def faults_list() -> None:
+    """Lists the faults injected and not recovered (a run died, or its recovery failed)."""
+    from crucible_dagster.lease import LeaseStore
+    from crucible_dagster.settings import get_settings
+
+    with _user_errors():
+        left = LeaseStore(get_settings().database_url).open_faults()
+    if not left:
+        console.print("no fault is in place", highlight=False)
+        return
+    table = Table(title="faults in place", title_justify="left")
+    for column in ("run", "fault", "SUT", "injected (UTC)"):
+        table.add_column(column)
+    for fault in left:
+        table.add_row(fault.run_id, escape(fault.name), fault.sut_key,
+                      f"{fault.injected_at:%Y-%m-%d %H:%M:%S}")  # fmt: skip
+    console.print(table)
+
+
+@faults_app.command("recover")
+def faults_recover(
+    run_id: Annotated[str | None, typer.Argument(help="Only this run's faults.")] = None,
+) -> None:
+    """Recovers the faults in place (of one run, or all), as the sweeper would."""
+    from crucible_dagster.lease import LeaseStore
+    from crucible_dagster.run import recover_run_faults
+    from crucible_dagster.settings import get_settings
+
+    with _user_errors():
+        settings = get_settings()
+        left = LeaseStore(settings.database_url).open_faults(run_id=run_id)
+        said = [line for run in sorted({f.run_id for f in left})
+                for line in recover_run_faults(run, settings)]  # fmt: skip
+    for line in said:
+        console.print(escape(line), highlight=False)
+    if not said:
+        console.print("no fault is in place", highlight=False)
+    if any("could NOT be recovered" in line for line in said):
+        raise typer.Exit(EXIT_FAILED)
+
+
+@faults_app.command("forget")
+def faults_forget(
+    run_id: Annotated[str, typer.Argument(help="The run that injected the fault.")],
+    name: Annotated[str, typer.Argument(help="The experiment's name.")],
+) -> None:
+    """Drops a fault from the journal without recovering it: for a fault recovered by hand,
+    or one that never went in, which Crucible cannot reach to check."""
+    from crucible_dagster.lease import LeaseStore
+    from crucible_dagster.settings import get_settings
+
+    with _user_errors():
+        store = LeaseStore(get_settings().database_url)
+        known = [f for f in store.open_faults(run_id=run_id) if f.name == name]
+        if not known:
+            raise CrucibleError(f"no fault {name!r} of run {run_id} is in the journal; "
+                                "`crucible faults list` shows those that are")  # fmt: skip
+        store.fault_recovered(run_id, name)
+    console.print(f"forgot fault {escape(name)!r} of run {run_id}", highlight=False)
 
 
 @fixtures_app.command("upload")
@@ -354,7 +422,7 @@ def _run_plan(path: Path, *, quiet: bool = False) -> Result:
     from crucible_dagster.defs.instance import ensure_dagster_home
     from crucible_dagster.defs.plan_job import build_plan_assets
     from crucible_dagster.defs.resources import CrucibleResource
-    from crucible_dagster.defs.sweeper import cli_process_tags
+    from crucible_dagster.defs.sweeper import cli_process_tags, fail_orphaned_cli_runs
     from crucible_dagster.demo import QUIET_LOGS
     from crucible_dagster.plan import load_plan
     from crucible_dagster.results import read_result
@@ -375,6 +443,12 @@ def _run_plan(path: Path, *, quiet: bool = False) -> Result:
     planned_s = loaded.plan.execution.ramp_up.seconds + loaded.plan.execution.hold_for.seconds
 
     with _progress_bar(quiet, loaded.name, planned_s), dg.DagsterInstance.get() as instance:
+        # A `crucible run` killed on this machine left its run STARTED, its lease held and
+        # maybe a fault in place: settle that now rather than wait for the lease to expire.
+        for orphan in fail_orphaned_cli_runs(instance):
+            console.print(escape(f"Dagster run {orphan} marked failed: its `crucible run` "
+                                 "process died; what it left was recovered and its lease freed"),
+                          highlight=False)  # fmt: skip
         job_def = defs.resolve_job_def(loaded.name)
         outcome = job_def.execute_in_process(
             instance=instance,

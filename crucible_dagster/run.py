@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -327,12 +328,7 @@ def check_run(run: PlanRun) -> None:
     problems = engine_problems(run)
     if problems:
         raise ValidationError(problems)
-    faults = run_faults(run)
-    silent = [
-        Problem(loaded.location("chaos_spec", "experiments", faults.index(fault)),
-                f"experiment {fault.name!r}: {problem}")
-        for fault, problem in unreachable(faults)
-    ]  # fmt: skip
+    silent = chaos_reach_problems(run)
     if silent:
         raise ValidationError(silent)
     run.workloads = resolve_workloads(loaded, run.storage)
@@ -452,8 +448,10 @@ def recover_left_faults(run: PlanRun, store: LeaseStore) -> None:
         except CrucibleError as error:
             raise RunError(
                 f"fault {left.name!r} that run {left.run_id} injected into {run.sut} on "
-                f"{left.injected_at:%Y-%m-%d %H:%M:%S} UTC is still in place and could not be "
-                f"recovered: {error}"
+                f"{left.injected_at:%Y-%m-%d %H:%M:%S} UTC may still be in place and could not "
+                f"be recovered: {error}. Once its backend answers, `crucible faults recover` "
+                f"recovers it; if it was recovered by hand (or never went in), `crucible faults "
+                f"forget {left.run_id} {left.name}` lets the SUT be measured again"
             ) from None
         store.fault_recovered(left.run_id, left.name)
         notify(run, f"recovered fault {left.name!r} left by run {left.run_id}: {status}")
@@ -865,6 +863,18 @@ def chaos_problems(run: PlanRun) -> list[Problem]:
     return problems
 
 
+def chaos_reach_problems(run: PlanRun) -> list[Problem]:
+    """The experiments whose backend does not answer (chaosd, the Kubernetes API with Chaos
+    Mesh), found by asking them, before a run touches the SUT."""
+    faults = run_faults(run)
+    return [
+        Problem(run.loaded.location("chaos_spec", "experiments", faults.index(fault), "target"),
+                f"experiment {fault.name!r}: {problem}",
+                f"chaos_spec.experiments[{faults.index(fault)}].target")
+        for fault, problem in unreachable(faults, run.settings)
+    ]  # fmt: skip
+
+
 def k6_transport(run: PlanRun, target: SutTarget) -> dict[str, object]:
     """How the k6 engine reaches this SUT; a RunError when the k6 binary cannot."""
     transport, problem = _k6_transport(run, target)
@@ -906,13 +916,54 @@ def _load_until_done_or_stopped(run: PlanRun, load: Callable[[], Measurement]) -
             pass
     except BaseException:
         run.stop.set()
-        done.wait(STOP_WAIT_S)
+        wait_through_interrupts(done, STOP_WAIT_S)
         if outcome:
             run.measurement = outcome[0]
         raise
     if failure:
         raise failure[0]
     return outcome[0]
+
+
+def wait_through_interrupts(event: threading.Event, timeout_s: float) -> bool:
+    """Waits for `event` up to `timeout_s`, through further interrupts: once a run is stopping,
+    a second Ctrl-C (or cancel) must not cut short the stop that keeps its measurement and
+    recovers its faults."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return event.wait(max(0.0, deadline - time.monotonic()))
+        except BaseException as error:
+            if not _is_interrupt(error):
+                raise
+            logger.info("interrupted again while stopping; the run finishes stopping first")
+
+
+def shielded(work: Callable[[], Any], what: str, timeout_s: float = 300.0) -> Any:
+    """Runs `work` to its end despite interrupts that arrive meanwhile, and returns what it
+    returns: for what a stopping run must finish (writing its result, releasing its lease)."""
+    outcome: list[Any] = []
+    failure: list[BaseException] = []
+    done = threading.Event()
+
+    def run_it() -> None:
+        try:
+            outcome.append(work())
+        except BaseException as error:
+            failure.append(error)
+        finally:
+            done.set()
+
+    threading.Thread(target=run_it, name=what, daemon=True).start()
+    if not wait_through_interrupts(done, timeout_s):
+        raise RunError(f"{what} did not end within {timeout_s:.0f} s")
+    if failure:
+        raise failure[0]
+    return outcome[0]
+
+
+def _is_interrupt(error: BaseException) -> bool:
+    return isinstance(error, KeyboardInterrupt) or "Interrupt" in type(error).__name__
 
 
 def finish(run: PlanRun, error: BaseException | None = None) -> Result:
@@ -1124,7 +1175,7 @@ def _final_status(run: PlanRun, error: BaseException | None) -> RunStatus:
         if stopped and run.abort_reason is None:
             return RunStatus.CANCELLED
         return RunStatus.COMPLETED
-    if isinstance(error, KeyboardInterrupt) or "Interrupt" in type(error).__name__:
+    if _is_interrupt(error):
         return RunStatus.CANCELLED
     return RunStatus.FAILED
 

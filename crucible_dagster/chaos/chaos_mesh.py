@@ -123,6 +123,25 @@ class ChaosMeshBackend:
             return problems
         return spec_problems(fault.fault_type, custom_resource(fault)["spec"])
 
+    def reachable(self, fault: PlannedFault) -> str | None:
+        """Why this run could not create `fault`'s object (no access to the API, Chaos Mesh not
+        installed, no permission to list its kind in the namespace), or None; creates nothing."""
+        recipe = self.planned_recipe(fault)
+        try:
+            api = self._api(recipe)
+            api.list_namespaced_custom_object(GROUP, VERSION, recipe["namespace"],
+                                              recipe["plural"], limit=1)  # fmt: skip
+        except ChaosError as error:
+            return str(error)
+        except kubernetes.client.ApiException as error:
+            if error.status == 404:
+                return (f"Chaos Mesh is not installed where {recipe['namespace']!r} is: the "
+                        f"Kubernetes API has no {recipe['plural']}.{GROUP}/{VERSION}")  # fmt: skip
+            return _refused(_Ref.of(recipe), "list", error)
+        except urllib3.exceptions.HTTPError as error:
+            return _unreachable(api, error)
+        return None
+
     def planned_recipe(self, fault: PlannedFault) -> dict[str, Any]:
         """The recipe, known before the object is created: its name is the fault's own."""
         return self._recipe(custom_resource(fault))

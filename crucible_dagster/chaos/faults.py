@@ -87,18 +87,28 @@ def backend_for(name: str, settings: Settings, proxy: FaultProxy | None = None) 
     raise ChaosError(f"there is no chaos backend {name!r}")
 
 
-def unreachable(faults: Sequence[PlannedFault]) -> list[tuple[PlannedFault, str]]:
-    """The faults whose backend does not answer, with why: asked once per chaosd address."""
+def unreachable(
+    faults: Sequence[PlannedFault], settings: Settings
+) -> list[tuple[PlannedFault, str]]:
+    """The faults whose backend this run could not reach, with why: chaosd asked once per
+    address, the Kubernetes API once per namespace and kind. Nothing is injected."""
     found: list[tuple[PlannedFault, str]] = []
-    asked: dict[str, str | None] = {}
-    probe = ChaosdBackend()
+    asked: dict[tuple[str, ...], str | None] = {}
+    chaosd = ChaosdBackend()
+    chaos_mesh = backend_for(CHAOS_MESH, settings)
+    assert isinstance(chaos_mesh, ChaosMeshBackend)
     for fault in faults:
-        if fault.backend != CHAOSD:
+        if fault.backend == CHAOSD:
+            key: tuple[str, ...] = (CHAOSD, str(fault.target.get("address", "")))
+            if key not in asked:
+                asked[key] = chaosd.reachable(key[1])
+        elif fault.backend == CHAOS_MESH:
+            key = (CHAOS_MESH, str(fault.target.get("namespace", "")), fault.fault_type)
+            if key not in asked:
+                asked[key] = chaos_mesh.reachable(fault)
+        else:
             continue
-        address = str(fault.target.get("address", ""))
-        if address not in asked:
-            asked[address] = probe.reachable(address)
-        problem = asked[address]
+        problem = asked[key]
         if problem is not None:
             found.append((fault, problem))
     return found

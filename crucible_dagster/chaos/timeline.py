@@ -103,8 +103,15 @@ class ChaosTimeline:
         self.stop()
         deadline = time.monotonic() + timeout_s
         for track in self.tracks:
-            if track.thread is not None:
-                track.thread.join(max(0.0, deadline - time.monotonic()))
+            while track.thread is not None and track.thread.is_alive():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    track.thread.join(remaining)
+                except KeyboardInterrupt:
+                    # A second Ctrl-C: the faults are being recovered, which must finish.
+                    self.say("interrupted again; recovering the faults first")
         return [self._event(track) for track in self.tracks]
 
     @property
@@ -159,7 +166,9 @@ class ChaosTimeline:
         try:
             track.backend.recover(planned)
         except Exception as error:
-            track.error = f"{track.error}; recovering what may have gone in failed too: {error}"
+            why = " for the same reason" if str(error) in (track.error or "") else f": {error}"
+            track.error = (f"{track.error}; recovering what may have gone in failed too{why} "
+                           "(the journal keeps it)")  # fmt: skip
             return
         if self.journal is not None:
             try:

@@ -4,6 +4,7 @@ A plan's ops run in one process (the in-process executor), so the lease heartbea
 first op lives until the last one; the run's state is kept per Dagster run id in this process.
 """
 
+import functools
 import threading
 import time
 from collections.abc import Iterator
@@ -35,6 +36,7 @@ from crucible_dagster.run import (
     open_run,
     plan_sut,
     run_the_load,
+    shielded,
     take_lease,
 )
 
@@ -63,7 +65,7 @@ def _step(context: dg.OpExecutionContext, run: PlanRun) -> Iterator[PlanRun]:
         yield run
     except BaseException as error:
         try:
-            finish(run, error)
+            shielded(functools.partial(finish, run, error), f"writing the result of {run.run_id}")
         finally:
             with _runs_lock:
                 _runs.pop(context.run_id, None)

@@ -795,6 +795,7 @@ class Plan(PlanModel):
                      f"{_seconds(load_s)}")
                 )  # fmt: skip
                 break
+        problems.extend(_process_faults_overlap(self.chaos_spec, windows))
         sut_type = self.test_environment.component_spec.type
         for index, experiment in enumerate(self.chaos_spec.experiments):
             if experiment.env_type != "local" or experiment.fault_type not in LOCAL_PROXY_FAULTS:
@@ -811,6 +812,30 @@ class Plan(PlanModel):
         if problems:
             raise rules_error(problems)
         return self
+
+
+def _process_faults_overlap(
+    spec: ChaosSpec, windows: list[tuple[float, float]]
+) -> list[tuple[str, str]]:
+    """Two local process faults on one process at once undo each other (the first recovery
+    resumes or restarts what the other still holds), so their windows must not overlap."""
+    seen: list[tuple[int, str, tuple[float, float]]] = []
+    problems = []
+    for index, (experiment, window) in enumerate(zip(spec.experiments, windows, strict=True)):
+        if experiment.env_type != "local" or experiment.fault_type not in LOCAL_PROCESS_FAULTS:
+            continue
+        pid_file = experiment.target.pid_file or ""
+        for other, other_pid_file, (start, end) in seen:
+            if other_pid_file == pid_file and window[0] < end and start < window[1]:
+                first = spec.experiments[other].name
+                both = f"{_seconds(max(start, window[0]))} to {_seconds(min(end, window[1]))}"
+                message = (f"experiment {experiment.name!r} acts on the process of {pid_file} "
+                           f"while {first!r} does ({both}), and the first to end would end the "
+                           "other: schedule them one after the other")  # fmt: skip
+                problems.append((f"chaos_spec.experiments.{index}.schedule", message))
+                break
+        seen.append((index, pid_file, window))
+    return problems
 
 
 def normalise_scale(text: str) -> str:

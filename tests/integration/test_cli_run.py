@@ -52,10 +52,13 @@ def test_ctrl_c_cancels_the_run_keeps_what_was_measured_and_leaves_nothing_runni
         time.sleep(0.2)
     time.sleep(4)
 
+    # Impatient: a second Ctrl-C while the run stops must not lose what it measured.
+    cli.send_signal(signal.SIGINT)
+    time.sleep(0.3)
     cli.send_signal(signal.SIGINT)
     out, err = cli.communicate(timeout=60)
     assert cli.returncode == 1, out + err
-    assert "status cancelled" in out
+    assert "status cancelled" in out, out + err
     assert "Traceback" not in out + err
     assert PG_PASSWORD not in out + err
     for shard in shards:

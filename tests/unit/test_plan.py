@@ -693,3 +693,20 @@ def test_an_overlapping_experiment_past_the_end_of_the_load_is_an_error() -> Non
 
     assert fields(found) == ["chaos_spec.experiments[1].schedule"]
     assert "ends 11s after the load starts, but the load lasts 10s" in found[0].message
+
+
+def test_two_process_faults_on_one_process_at_once_are_refused() -> None:
+    outer = local("pause", pid_file="/run/pg.pid")
+    outer["schedule"] = {"start_after": "1s", "duration": "4s"}
+    inner = local("kill", pid_file="/run/pg.pid", start_command=["pg_ctl", "start"])
+    inner["schedule"] = {"start_after": "2s", "duration": "1s"}
+    found = problems_of(chaos(outer, inner, engine="local"))
+    assert fields(found) == ["chaos_spec.experiments[1].schedule"]
+    assert "while 'local-pause' does (2s to 3s)" in found[0].message
+
+
+def test_process_faults_on_one_process_one_after_the_other_are_accepted() -> None:
+    first = local("pause", pid_file="/run/pg.pid")
+    second = local("kill", pid_file="/run/pg.pid", start_command=["pg_ctl", "start"])
+    second["schedule"] = {"start_after": "1s", "duration": "1s"}
+    parse_data(chaos(first, second, engine="local", sequential=True))
