@@ -9,6 +9,7 @@ import asyncio
 import functools
 import logging
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -856,10 +857,15 @@ def chaos_problems(run: PlanRun) -> list[Problem]:
         backend = backends.get(fault.backend)
         if backend is None:
             backend = backends[fault.backend] = backend_for(fault.backend, run.settings)
-        where = run.loaded.location("chaos_spec", "experiments", index)
         for message in backend.problems(fault):
-            problems.append(Problem(where, f"experiment {fault.name!r}: {message}",
-                                    f"chaos_spec.experiments.{index}"))  # fmt: skip
+            # Point at the parameter a backend names, when it names one.
+            named = re.match(r"parameters?\.?\s?([\w-]+)", message)
+            path: tuple[str | int, ...] = ("chaos_spec", "experiments", index)
+            if named and named.group(1) in fault.parameters:
+                path = (*path, "parameters", named.group(1))
+            field_name = f"chaos_spec.experiments[{index}]" + "".join(f".{p}" for p in path[3:])
+            said = f"experiment {fault.name!r}: {message}"
+            problems.append(Problem(run.loaded.location(*path), said, field_name))
     return problems
 
 

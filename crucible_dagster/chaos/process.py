@@ -60,9 +60,11 @@ class ProcessFaults:
             problems.append(f"a {fault.fault_type} fault needs target.pid_file")
         else:
             try:
-                _main_process(str(pid_file))
+                main = _main_process(str(pid_file))
             except ChaosError as error:
                 problems.append(str(error))
+            else:
+                problems += _listening_problems(main, str(pid_file), fault.sut_port)
         if fault.fault_type != "pause":
             problems += _start_problems(fault)
         return problems
@@ -105,6 +107,28 @@ class ProcessFaults:
         if _accepts_tcp(start.host, start.port):
             return f"{start.host}:{start.port} accepts connections; nothing to start"
         return start.run()
+
+
+def _listening_problems(main: psutil.Process, pid_file: str, port: int) -> list[str]:
+    """A pid file of another program than the SUT's would make the fault miss the SUT: its
+    process, or one of its children, must listen on the SUT's port."""
+    if port <= 0:
+        return []
+    try:
+        tree = [main, *main.children(recursive=True)]
+        listening = {
+            c.laddr.port
+            for process in tree
+            for c in process.net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN
+        }
+        name = main.name()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return []  # not ours to look into: nothing to say either way
+    if port in listening:
+        return []
+    return [f"pid file {pid_file} names pid {main.pid} ({name}), which does not listen on port "
+            f"{port}, the SUT's: is it the SUT's pid file?"]  # fmt: skip
 
 
 def _parameter_problems(fault_type: str, parameters: Mapping[str, Any]) -> list[str]:

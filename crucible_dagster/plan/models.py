@@ -675,8 +675,31 @@ class ChaosExperiment(PlanModel):
                   f"{', '.join(kinds.values())}")]
             )  # fmt: skip
         self.fault_type = kind
+        self._target_fields_used()
         if env_type == "local":
             self._local_target_rules()
+
+    def _target_fields_used(self) -> None:
+        """A target key this fault's backend does not read is a mistake, never ignored."""
+        if self.env_type == "k8s":
+            allowed: tuple[str, ...] = ("namespace", "selector")
+        elif self.env_type == "ec2":
+            allowed = ("address",)
+        elif self.fault_type in LOCAL_PROCESS_FAULTS:
+            allowed = ("pid_file", "start_command")
+        elif self.fault_type in LOCAL_NETWORK_FAULTS:
+            allowed = ("netns",)
+        else:
+            allowed = ()
+        takes = f"takes {', '.join(allowed)}" if allowed else "takes none"
+        problems = [
+            (f"target.{name}", f"a {self.env_type} {self.fault_type} fault's target does not "
+             f"use {name}: it {takes}")
+            for name in self.target.fields()
+            if name not in allowed
+        ]  # fmt: skip
+        if problems:
+            raise rules_error(problems)
 
     def _local_target_rules(self) -> None:
         target = self.target

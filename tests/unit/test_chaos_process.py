@@ -19,9 +19,10 @@ from crucible_dagster.chaos.process import ProcessFaults
 
 # A parent with one child, like a server that serves sessions from child processes.
 _TREE = (
-    "import subprocess, time\n"
+    "import socket, subprocess, time\n"
+    "server = socket.create_server(('127.0.0.1', 0))\n"
     "child = subprocess.Popen(['sleep', '60'])\n"
-    "print(child.pid, flush=True)\n"
+    "print(child.pid, server.getsockname()[1], flush=True)\n"
     "time.sleep(60)\n"
 )
 
@@ -30,7 +31,8 @@ class Tree:
     def __init__(self, tmp_path: Path) -> None:
         self.process = subprocess.Popen([sys.executable, "-c", _TREE], stdout=subprocess.PIPE)
         assert self.process.stdout is not None
-        self.child_pid = int(self.process.stdout.readline())
+        child, port = self.process.stdout.readline().split()
+        self.child_pid, self.port = int(child), int(port)
         self.pid = self.process.pid
         self.pid_file = tmp_path / "server.pid"
         self.pid_file.write_text(f"{self.pid}\n/var/lib/data\n")
@@ -52,7 +54,9 @@ def tree(tmp_path: Path) -> Iterator[Tree]:
     started.stop()
 
 
-def fault(fault_type: str, target: dict[str, Any], **parameters: Any) -> PlannedFault:
+def fault(
+    fault_type: str, target: dict[str, Any], *, port: int = 5432, **parameters: Any
+) -> PlannedFault:
     return PlannedFault(
         name=f"{fault_type}-sut",
         backend="local",
@@ -64,13 +68,13 @@ def fault(fault_type: str, target: dict[str, Any], **parameters: Any) -> Planned
         run_id="plan_20250101-0000_0badcafe",
         sut_key="postgresql:127.0.0.1:5432:postgres",
         sut_host="127.0.0.1",
-        sut_port=5432,
+        sut_port=port,
     )
 
 
 def test_pause_stops_the_process_and_its_children_and_recover_resumes_them(tree: Tree) -> None:
     backend = ProcessFaults()
-    injected = backend.inject(fault("pause", {"pid_file": str(tree.pid_file)}))
+    injected = backend.inject(fault("pause", {"pid_file": str(tree.pid_file)}, port=tree.port))
 
     assert tree.states() == [psutil.STATUS_STOPPED, psutil.STATUS_STOPPED]
     status = backend.recover(json.loads(json.dumps(injected.recipe)))
@@ -80,7 +84,9 @@ def test_pause_stops_the_process_and_its_children_and_recover_resumes_them(tree:
 
 
 def test_pause_recipe_names_each_process_by_pid_and_start_time(tree: Tree) -> None:
-    injected = ProcessFaults().inject(fault("pause", {"pid_file": str(tree.pid_file)}))
+    injected = ProcessFaults().inject(
+        fault("pause", {"pid_file": str(tree.pid_file)}, port=tree.port)
+    )
     ProcessFaults().recover(injected.recipe)
 
     assert injected.recipe == {
@@ -96,7 +102,7 @@ def test_pause_recipe_names_each_process_by_pid_and_start_time(tree: Tree) -> No
 
 def test_recover_leaves_alone_a_pid_that_now_belongs_to_another_process(tree: Tree) -> None:
     backend = ProcessFaults()
-    injected = backend.inject(fault("pause", {"pid_file": str(tree.pid_file)}))
+    injected = backend.inject(fault("pause", {"pid_file": str(tree.pid_file)}, port=tree.port))
     # The same pids with other start times: what a recipe looks like once the pids were reused.
     reused = {
         **injected.recipe,
@@ -115,7 +121,7 @@ def test_recover_leaves_alone_a_pid_that_now_belongs_to_another_process(tree: Tr
 
 def test_recovering_a_pause_twice_says_the_processes_were_not_stopped(tree: Tree) -> None:
     backend = ProcessFaults()
-    injected = backend.inject(fault("pause", {"pid_file": str(tree.pid_file)}))
+    injected = backend.inject(fault("pause", {"pid_file": str(tree.pid_file)}, port=tree.port))
     backend.recover(injected.recipe)
 
     status = backend.recover(injected.recipe)
@@ -125,7 +131,7 @@ def test_recovering_a_pause_twice_says_the_processes_were_not_stopped(tree: Tree
 
 def test_recovering_a_pause_after_the_processes_died_succeeds(tree: Tree) -> None:
     backend = ProcessFaults()
-    injected = backend.inject(fault("pause", {"pid_file": str(tree.pid_file)}))
+    injected = backend.inject(fault("pause", {"pid_file": str(tree.pid_file)}, port=tree.port))
     tree.stop()
 
     assert backend.recover(injected.recipe) == "resumed 0 of 2 processes (SIGCONT); 2 are gone"
@@ -135,7 +141,7 @@ def test_kill_ends_the_tree_and_its_recipe_says_how_to_start_again(
     tree: Tree, crucible_home: Path
 ) -> None:
     target = {"pid_file": str(tree.pid_file), "start_command": ["sleep", "1"]}
-    planned = fault("kill", target, ready_timeout="45s")
+    planned = fault("kill", target, ready_timeout="45s", port=tree.port)
 
     injected = ProcessFaults().inject(planned)
 
@@ -155,7 +161,7 @@ def test_kill_ends_the_tree_and_its_recipe_says_how_to_start_again(
         "start_command": ["sleep", "1"],
         "log_path": str(crucible_home / "chaos" / planned.run_id / "kill-sut.start.log"),
         "host": "127.0.0.1",
-        "port": 5432,
+        "port": tree.port,
         "ready_timeout_s": 45.0,
     }
 
@@ -200,8 +206,10 @@ def test_a_pid_file_that_cannot_be_read_is_a_problem(tmp_path: Path) -> None:
 def test_unknown_parameters_are_named_with_those_accepted(tree: Tree) -> None:
     target = {"pid_file": str(tree.pid_file), "start_command": ["sleep", "1"]}
 
-    pause = ProcessFaults().problems(fault("pause", target, signal="KILL"))
-    restart = ProcessFaults().problems(fault("restart", target, grace="5s", wait="1s"))
+    pause = ProcessFaults().problems(fault("pause", target, signal="KILL", port=tree.port))
+    restart = ProcessFaults().problems(
+        fault("restart", target, grace="5s", wait="1s", port=tree.port)
+    )
 
     assert pause == ["a pause fault has no parameter signal: it takes none"]
     assert restart == [
@@ -212,7 +220,9 @@ def test_unknown_parameters_are_named_with_those_accepted(tree: Tree) -> None:
 
 def test_bad_durations_and_stop_signals_are_problems(tree: Tree) -> None:
     target = {"pid_file": str(tree.pid_file), "start_command": ["sleep", "1"]}
-    planned = fault("restart", target, ready_timeout="0s", stop_timeout=30, stop_signal="HUP")
+    planned = fault(
+        "restart", target, ready_timeout="0s", stop_timeout=30, stop_signal="HUP", port=tree.port
+    )
 
     problems = ProcessFaults().problems(planned)
 
@@ -226,7 +236,9 @@ def test_bad_durations_and_stop_signals_are_problems(tree: Tree) -> None:
 def test_stop_signal_may_be_written_without_sig_in_any_case(tree: Tree) -> None:
     target = {"pid_file": str(tree.pid_file), "start_command": ["sleep", "1"]}
 
-    assert ProcessFaults().problems(fault("restart", target, stop_signal="int")) == []
+    assert (
+        ProcessFaults().problems(fault("restart", target, stop_signal="int", port=tree.port)) == []
+    )
 
 
 def test_a_start_command_that_cannot_run_is_a_problem(tree: Tree, tmp_path: Path) -> None:
@@ -240,7 +252,7 @@ def test_a_start_command_that_cannot_run_is_a_problem(tree: Tree, tmp_path: Path
 
     for command, expected in commands.items():
         target = {"pid_file": str(tree.pid_file), "start_command": [command]}
-        problems = ProcessFaults().problems(fault("kill", target))
+        problems = ProcessFaults().problems(fault("kill", target, port=tree.port))
         assert len(problems) == 1
         assert problems[0].startswith(f"target.start_command: {expected}")
 
@@ -285,3 +297,14 @@ def test_recover_refuses_a_recipe_of_another_backend() -> None:
 def test_recover_refuses_a_kill_recipe_without_its_start_command() -> None:
     with pytest.raises(ChaosError, match="lacks how to start the SUT again"):
         ProcessFaults().recover({"backend": "local", "fault": "kill", "processes": []})
+
+
+def test_a_pid_file_of_a_process_not_listening_on_the_sut_port_is_a_problem(tree: Tree) -> None:
+    other_port = tree.port + 1 if tree.port < 65535 else 1
+    target = {"pid_file": str(tree.pid_file)}
+    problems = ProcessFaults().problems(fault("pause", target, port=other_port))
+    name = psutil.Process(tree.pid).name()
+    assert problems == [
+        f"pid file {tree.pid_file} names pid {tree.pid} ({name}), which does not listen on port "
+        f"{other_port}, the SUT's: is it the SUT's pid file?"
+    ]

@@ -710,3 +710,15 @@ def test_process_faults_on_one_process_one_after_the_other_are_accepted() -> Non
     second = local("kill", pid_file="/run/pg.pid", start_command=["pg_ctl", "start"])
     second["schedule"] = {"start_after": "1s", "duration": "1s"}
     parse_data(chaos(first, second, engine="local", sequential=True))
+
+
+def test_a_target_field_the_fault_does_not_use_is_an_error() -> None:
+    found = problems_of(chaos(local("reset", pid_file="/tmp/x", selector={"app": "pg"}),
+                              engine="local"))  # fmt: skip
+    assert sorted(fields(found)) == [
+        "chaos_spec.experiments[0].target.pid_file",
+        "chaos_spec.experiments[0].target.selector",
+    ]
+    assert "a local reset fault's target does not use pid_file: it takes none" in [
+        p.message for p in found
+    ]

@@ -197,7 +197,29 @@ def test_a_chaos_experiment_its_backend_cannot_inject_is_refused_at_its_line(
     with pytest.raises(ValidationError) as raised:
         checked(tmp_path, DEMO.rstrip("\n") + "\n" + chaos)
     [problem] = raised.value.problems
-    assert problem.field == "chaos_spec.experiments.0"
+    assert problem.field == "chaos_spec.experiments[0]"
     assert "p.yaml:" in str(problem.location)
     assert "experiment 'slow-network'" in problem.message
     assert "NetworkChaos needs an action" in problem.message
+
+
+def test_a_bad_chaos_parameter_is_located_at_the_parameter(
+    crucible_home: Path, tmp_path: Path
+) -> None:
+    chaos = """chaos_spec:
+  engine: local
+  experiments:
+    - name: slow
+      fault_type: latency
+      target: {}
+      parameters:
+        latency: 50
+      schedule: {start_after: 1s, duration: 2s}
+"""
+    text = DEMO.rstrip("\n") + "\n" + chaos
+    with pytest.raises(ValidationError) as raised:
+        checked(tmp_path, text)
+    [problem] = raised.value.problems
+    assert problem.field == "chaos_spec.experiments[0].parameters.latency"
+    line = text.splitlines().index("        latency: 50") + 1
+    assert problem.location.line == line
