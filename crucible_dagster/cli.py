@@ -565,30 +565,35 @@ def _ms(value: float | None) -> str:
 
 
 def _faults_table(result: Result) -> Table:
-    """Each fault: when it was in place, how it ended, and the total p99 before, during and
-    after it, narrow enough for an 80-column terminal (the report has the rest)."""
-    table = Table(title="faults (seconds from the start of the load)", title_justify="left")
-    for column in ("fault", "type", "in place", "status", "p99 ms before/during/after", "back"):
-        table.add_column(column, justify="right" if column in ("in place", "back") else "left")
+    """Each fault: when it was in place, how it ended, and the total's p99, QPS and errors
+    before, during and after it, narrow enough for an 80-column terminal (the report has each
+    query's)."""
+    table = Table(title="faults: p99 and QPS before/during/after, errors during, seconds from "
+                  "the start of the load", title_justify="left")  # fmt: skip
+    for column in ("fault", "in place", "p99 ms", "QPS", "errors", "back"):
+        table.add_column(column, justify="left" if column == "fault" else "right")
     for fault in result.faults:
         total = next((i for i in fault.impact if i.query == "total"), None)
+        label = f"{fault.name}\n{fault.fault_type}"
+        if fault.status.value != "recovered":
+            label += f", {fault.status.value.replace('_', ' ')}"
         window = "–"
         if fault.inject_s is not None:
             end = "?" if fault.recover_s is None else f"{fault.recover_s:.1f}"
             window = f"{fault.inject_s:.1f}–{end}"
-        p99s = "–"
-        if total is not None:
-            p99s = " / ".join(_short_ms(getattr(w, "p99_ms", None))
-                              for w in (total.before, total.during, total.after))  # fmt: skip
+        slices = (total.before, total.during, total.after) if total is not None else ()
+        p99s = "/".join(_short(getattr(w, "p99_ms", None)) for w in slices) or "–"
+        qps = "/".join(_short(getattr(w, "qps", None)) for w in slices) or "–"
+        during = total.during if total is not None else None
+        errors_during = "–" if during is None else f"{during.errors} ({during.error_rate:.0%})"
         back = "–"
         if total is not None and total.recovered is not None:
             back = f"{total.time_to_recover_s:.0f} s" if total.recovered else "never"
-        table.add_row(escape(fault.name), fault.fault_type, window,
-                      fault.status.value.replace("_", " "), p99s, back)  # fmt: skip
+        table.add_row(escape(label), window, p99s, qps, errors_during, back)
     return table
 
 
-def _short_ms(value: float | None) -> str:
+def _short(value: float | None) -> str:
     return "–" if value is None else f"{value:.3g}" if value < 100 else f"{value:.0f}"
 
 

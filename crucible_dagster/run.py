@@ -419,7 +419,8 @@ def take_lease(run: PlanRun) -> None:
     def waiting(holder: LeaseHolder) -> None:
         since = f"{holder.acquired_at:%Y-%m-%d %H:%M:%S} UTC"
         notify(run, f"waiting for the lease on {run.sut}, held by run {holder.run_id} "
-                    f"(plan {holder.plan}) since {since}")  # fmt: skip
+                    f"(plan {holder.plan}) since {since}; it ends when that run does, or at "
+                    f"{holder.expires_at:%H:%M:%S} UTC if that run stops renewing it")  # fmt: skip
 
     run.lease = store.acquire(
         run.sut,

@@ -235,6 +235,10 @@ def _main_process(pid_file: str) -> psutil.Process:
     return process
 
 
+def _processes(count: int) -> str:
+    return f"{count} process" if count == 1 else f"{count} processes"
+
+
 def _ref(process: psutil.Process) -> dict[str, Any]:
     return {"pid": process.pid, "create_time": process.create_time()}
 
@@ -311,7 +315,7 @@ def _kill_tree(main: psutil.Process) -> list[psutil.Process]:
 def _pause(pid_file: str, main: psutil.Process) -> Injected:
     refs = [_ref(process) for process in _stop_tree(main)]
     recipe = {"backend": LOCAL, "fault": "pause", "pid_file": pid_file, "processes": refs}
-    return Injected(f"paused {len(refs)} processes of pid {main.pid} (SIGSTOP)", recipe)
+    return Injected(f"paused {_processes(len(refs))} of pid {main.pid} (SIGSTOP)", recipe)
 
 
 def _resume(refs: list[dict[str, Any]]) -> str:
@@ -344,7 +348,7 @@ def _kill(fault: PlannedFault, pid_file: str, main: psutil.Process) -> Injected:
     refs = [_ref(process) for process in _kill_tree(main)]
     recipe = {"backend": LOCAL, "fault": "kill", "pid_file": pid_file, "processes": refs}
     recipe.update(start.recipe())
-    return Injected(f"killed {len(refs)} processes of pid {main.pid} (SIGKILL)", recipe)
+    return Injected(f"killed {_processes(len(refs))} of pid {main.pid} (SIGKILL)", recipe)
 
 
 def _restart(fault: PlannedFault, pid_file: str, main: psutil.Process) -> Injected:

@@ -165,7 +165,7 @@ def _draw(
     if not len(points.t):
         axes.text(0.5, 0.5, "no per-second data", transform=axes.transAxes, ha="center")
     elif points.too_many_queries:
-        labels[0] += f" (over {MAX_QUERY_LINES} queries: total only)"
+        labels[0] += f" (each query's p99 is drawn for at most {MAX_QUERY_LINES} queries)"
     # Labels passed explicitly: matplotlib would hide ones starting with "_" (a valid query name).
     axes.legend(handles, [_plain(label) for label in labels], loc="upper right", fontsize="x-small")
     return figure
