@@ -215,13 +215,10 @@ def faults_list() -> None:
     if not left:
         console.print("no fault is in place", highlight=False)
         return
-    table = Table(title="faults in place", title_justify="left")
-    for column in ("run", "fault", "SUT", "injected (UTC)"):
-        table.add_column(column)
     for fault in left:
-        table.add_row(fault.run_id, escape(fault.name), fault.sut_key,
-                      f"{fault.injected_at:%Y-%m-%d %H:%M:%S}")  # fmt: skip
-    console.print(table)
+        console.print(escape(f"{fault.run_id}: fault {fault.name!r} on {fault.sut_key}, injected "
+                             f"{fault.injected_at:%Y-%m-%d %H:%M:%S} UTC"),
+                      highlight=False, soft_wrap=True)  # fmt: skip
 
 
 @faults_app.command("recover")
@@ -239,7 +236,7 @@ def faults_recover(
         said = [line for run in sorted({f.run_id for f in left})
                 for line in recover_run_faults(run, settings)]  # fmt: skip
     for line in said:
-        console.print(escape(line), highlight=False)
+        console.print(escape(line), highlight=False, soft_wrap=True)
     if not said:
         console.print("no fault is in place", highlight=False)
     if any("could NOT be recovered" in line for line in said):
