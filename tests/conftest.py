@@ -1,5 +1,6 @@
 """Fixtures shared by every test: real servers on loopback, started and stopped by PID."""
 
+import contextlib
 import secrets
 import shutil
 import tempfile
@@ -35,7 +36,8 @@ def own_postgres() -> Iterator[LocalPostgres]:
     server = start_local_postgres(root / "data", password=PG_PASSWORD)
     yield server
     for process in server_processes(server):
-        process.resume()  # whatever a failed test left paused
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.resume()  # whatever a failed test left paused
     server.stop()
     shutil.rmtree(root, ignore_errors=True)
 

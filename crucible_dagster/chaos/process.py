@@ -460,8 +460,8 @@ class _StartSpec:
         while True:
             if _accepts_tcp(self.host, self.port):
                 return (
-                    f"started pid {process.pid}; {self.host}:{self.port} accepts connections "
-                    f"after {time.monotonic() - began:.1f}s (log {self.log_path})"
+                    f"start_command run (pid {process.pid}); {self.host}:{self.port} accepts "
+                    f"connections after {time.monotonic() - began:.1f}s (log {self.log_path})"
                 )
             code = process.poll()
             # Exit status 0 is a command that daemonised the SUT (pg_ctl start): keep waiting.

@@ -164,7 +164,7 @@ def test_killed_postgres_is_back_after_recover_with_its_start_command(
     with pytest.raises(OSError):
         asyncio.run(select_one(server))
     status = recover_elsewhere(injected.recipe)
-    assert status.startswith("started pid ")
+    assert status.startswith("start_command run (pid ")
     assert asyncio.run(select_one(server)) == 1
     assert postmaster_pid(server) != old_pid
     assert Path(injected.recipe["log_path"]).exists()
@@ -213,7 +213,7 @@ def test_recover_after_restart_starts_a_server_that_went_down(server: LocalPostg
 
     status = recover_elsewhere(injected.recipe)
 
-    assert status.startswith("started pid ")
+    assert status.startswith("start_command run (pid ")
     assert asyncio.run(select_one(server)) == 1
 
 
@@ -229,7 +229,7 @@ def test_start_command_that_fails_is_reported_with_its_log(server: LocalPostgres
     assert "start_command exited with status" in message
     assert "no_such" in message  # PostgreSQL's complaint, from the log's tail
     assert injected.recipe["log_path"] in message
-    assert backend.recover(injected.recipe).startswith("started pid ")
+    assert backend.recover(injected.recipe).startswith("start_command run (pid ")
 
 
 def test_start_command_that_never_listens_times_out(server: LocalPostgres) -> None:
@@ -241,4 +241,4 @@ def test_start_command_that_never_listens_times_out(server: LocalPostgres) -> No
         backend.recover(waiter)
 
     assert "did not accept connections within 1s" in str(raised.value)
-    assert backend.recover(injected.recipe).startswith("started pid ")
+    assert backend.recover(injected.recipe).startswith("start_command run (pid ")

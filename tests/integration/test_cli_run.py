@@ -1,5 +1,6 @@
 """`crucible run` as a user runs it: a real process, a real server, Ctrl-C in the middle."""
 
+import contextlib
 import json
 import os
 import signal
@@ -180,6 +181,7 @@ def test_a_cli_run_killed_mid_fault_has_its_fault_recovered_by_the_sensor(
         assert store.holder(plan_sut(load_plan(plan))) is None
     finally:
         for process in [main, *main.children(recursive=True)]:
-            process.resume()
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.resume()
         server.stop()
         get_settings.cache_clear()
