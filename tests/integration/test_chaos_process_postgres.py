@@ -5,6 +5,7 @@ pid its pid file names then, which a kill or a restart has changed.
 """
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -37,10 +38,13 @@ def server(crucible_home: Path) -> Iterator[LocalPostgres]:
     pid_file = started.data_dir / "postmaster.pid"
     if pid_file.exists():
         pid = int(pid_file.read_text().split("\n")[0])
-        if psutil.pid_exists(pid):
-            # A failed test may leave it paused; a stopped server ignores the shutdown signal.
-            for process in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
-                process.send_signal(signal.SIGCONT)
+        # A failed test may leave it paused; a stopped server ignores the shutdown signal.
+        # Its children come and go meanwhile, which is no failure of the test.
+        with contextlib.suppress(psutil.NoSuchProcess):
+            main = psutil.Process(pid)
+            for process in [main, *main.children(recursive=True)]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    process.send_signal(signal.SIGCONT)
             LocalPostgres(data_dir=started.data_dir, port=started.port, pid=pid).stop()
     shutil.rmtree(root, ignore_errors=True)
 

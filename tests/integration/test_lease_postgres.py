@@ -74,7 +74,7 @@ def test_lease_tables_live_in_the_crucible_schema(
                     "WHERE table_schema = 'crucible' ORDER BY table_name"
                 )
             ).scalars()
-            assert list(tables) == ["crucible_lease_waiters", "crucible_leases"]
+            assert list(tables) == ["crucible_faults", "crucible_lease_waiters", "crucible_leases"]
             column_type = conn.execute(
                 sa.text(
                     "SELECT data_type FROM information_schema.columns WHERE table_schema = "
