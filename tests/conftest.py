@@ -53,7 +53,12 @@ def server_processes(server: LocalPostgres) -> list[psutil.Process]:
 
 def paused(server: LocalPostgres) -> bool:
     """Whether any process of the server is stopped (SIGSTOP)."""
-    return any(p.status() == psutil.STATUS_STOPPED for p in server_processes(server))
+    for process in server_processes(server):
+        # Children come and go (autovacuum workers, ended sessions).
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if process.status() == psutil.STATUS_STOPPED:
+                return True
+    return False
 
 
 def answers(server: LocalPostgres) -> bool:

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
-import psutil
 import pytest
 
 from crucible_dagster.chaos.base import PlannedFault
@@ -19,7 +18,7 @@ from crucible_dagster.run import plan_sut
 from crucible_dagster.settings import get_settings
 from tests.chaos_mesh_standin import Pod, StandinChaosMesh
 from tests.chaosd_standin import StandinChaosd
-from tests.conftest import PG_PASSWORD, answers, server_processes
+from tests.conftest import PG_PASSWORD, answers, paused
 from tests.integration.test_plan_job import execute, stored_result
 
 pytestmark = pytest.mark.integration
@@ -105,7 +104,7 @@ def test_pausing_the_sut_shows_in_the_during_window_and_it_runs_again_afterwards
     # Two held-up queries among hundreds in that second leave its p99 where it was.
     assert total["recovered"] is True and total["time_to_recover_s"] < 3
 
-    assert all(p.status() != psutil.STATUS_STOPPED for p in server_processes(own_postgres))
+    assert not paused(own_postgres)
     assert answers(own_postgres)
     settings = get_settings()
     assert LeaseStore(settings.database_url).open_faults() == []
@@ -216,7 +215,7 @@ def test_the_next_run_recovers_a_fault_a_dead_run_left_before_it_measures(
     injected = LocalBackend().inject(left)
     store = LeaseStore(get_settings().database_url)
     store.record_fault(sut.key, dead_run, "freeze", json.dumps(dict(injected.recipe)))
-    assert any(p.status() == psutil.STATUS_STOPPED for p in server_processes(own_postgres))
+    assert paused(own_postgres)
 
     success, run_id = execute(plan, instance)
     assert success
@@ -359,7 +358,7 @@ def test_the_sweeper_recovers_what_a_failed_run_left_before_it_frees_the_lease(
     ).for_run_failure()  # fmt: skip
     crucible_sweeper(context)
 
-    assert not any(p.status() == psutil.STATUS_STOPPED for p in server_processes(own_postgres))
+    assert not paused(own_postgres)
     assert store.open_faults() == []
     assert store.holder(sut) is None
     assert answers(own_postgres)
