@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from crucible_dagster.chaos.base import PlannedFault
+from crucible_dagster.chaos.base import ChaosBackend, PlannedFault
 from crucible_dagster.chaos.faults import (
     backend_for,
     needs_proxy,
@@ -69,7 +69,7 @@ from crucible_dagster.k6.transports import (
 from crucible_dagster.launch.k8s import NATIVE_ENTRY, KubeAccess
 from crucible_dagster.launch.pods import PodResources, PodSettings, SecretKeyRef
 from crucible_dagster.launch.sweeper import sweep_pods
-from crucible_dagster.lease import Heartbeat, Lease, LeaseHolder, LeaseStore
+from crucible_dagster.lease import Heartbeat, Lease, LeaseHolder, LeaseStore, OpenFault
 from crucible_dagster.params import ColumnParam, sample_column
 from crucible_dagster.plan import FixtureTable, LoadedPlan, resolve_workloads
 from crucible_dagster.plan.loading import text_without_secrets
@@ -446,7 +446,7 @@ def recover_left_faults(run: PlanRun, store: LeaseStore) -> None:
         if left.run_id == run.run_id:
             continue
         try:
-            status = recover_recipe(left.recipe, run.settings)
+            status = _recover_journalled(store, left, run.settings)
         except CrucibleError as error:
             raise RunError(
                 f"fault {left.name!r} that run {left.run_id} injected into {run.sut} on "
@@ -455,7 +455,6 @@ def recover_left_faults(run: PlanRun, store: LeaseStore) -> None:
                 f"recovers it; if it was recovered by hand (or never went in), `crucible faults "
                 f"forget {left.run_id} {left.name}` lets the SUT be measured again"
             ) from None
-        store.fault_recovered(left.run_id, left.name)
         notify(run, f"recovered fault {left.name!r} left by run {left.run_id}: {status}")
 
 
@@ -467,13 +466,18 @@ def recover_run_faults(run_id: str, settings: Settings) -> list[str]:
     said = []
     for left in store.open_faults(run_id=run_id):
         try:
-            status = recover_recipe(left.recipe, settings)
+            status = _recover_journalled(store, left, settings)
         except CrucibleError as error:
             said.append(f"fault {left.name!r} on {left.sut_key} could NOT be recovered: {error}")
             continue
-        store.fault_recovered(left.run_id, left.name)
         said.append(f"fault {left.name!r} on {left.sut_key} recovered: {status}")
     return said
+
+
+def _recover_journalled(store: LeaseStore, left: OpenFault, settings: Settings) -> str:
+    status = recover_recipe(left.recipe, settings)
+    store.fault_recovered(left.run_id, left.name)
+    return status
 
 
 def load_fixtures(
@@ -853,7 +857,7 @@ def chaos_problems(run: PlanRun) -> list[Problem]:
     """What the chaos backends say they cannot inject, at each experiment's line; nothing is
     injected or contacted to find out."""
     problems = []
-    backends: dict[str, Any] = {}
+    backends: dict[str, ChaosBackend] = {}
     for index, fault in enumerate(run_faults(run)):
         backend = backends.get(fault.backend)
         if backend is None:
@@ -874,10 +878,11 @@ def chaos_reach_problems(run: PlanRun) -> list[Problem]:
     """The experiments whose backend does not answer (chaosd, the Kubernetes API with Chaos
     Mesh), found by asking them, before a run touches the SUT."""
     faults = run_faults(run)
+    index = {fault.name: i for i, fault in enumerate(faults)}
     return [
-        Problem(run.loaded.location("chaos_spec", "experiments", faults.index(fault), "target"),
+        Problem(run.loaded.location("chaos_spec", "experiments", index[fault.name], "target"),
                 f"experiment {fault.name!r}: {problem}",
-                f"chaos_spec.experiments[{faults.index(fault)}].target")
+                f"chaos_spec.experiments[{index[fault.name]}].target")
         for fault, problem in unreachable(faults, run.settings)
     ]  # fmt: skip
 
@@ -900,36 +905,47 @@ def _k6_transport(run: PlanRun, target: SutTarget) -> tuple[dict[str, object], s
     return transport, None if problem is None else f"{run.sut.sut_type}: {problem}"
 
 
+class _InThread:
+    """Work run in a daemon thread, waited for on an event rather than by Thread.join: an
+    interrupt raised inside join leaves Python 3.11 believing the thread has ended while it
+    still runs."""
+
+    def __init__(self, work: Callable[[], Any], name: str) -> None:
+        self.outcome: list[Any] = []
+        self.failure: list[BaseException] = []
+        self.done = threading.Event()
+        self.work = work
+        threading.Thread(target=self._run, name=name, daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self.outcome.append(self.work())
+        except BaseException as error:
+            self.failure.append(error)
+        finally:
+            self.done.set()
+
+    def result(self) -> Any:
+        if self.failure:
+            raise self.failure[0]
+        return self.outcome[0]
+
+
 def _load_until_done_or_stopped(run: PlanRun, load: Callable[[], Measurement]) -> Measurement:
     """Runs the load in a thread, so that an interrupt (Ctrl-C, a cancel from Dagster) stops it
     through the engine's stop event and keeps what was measured until then."""
-    outcome: list[Measurement] = []
-    failure: list[BaseException] = []
-    done = threading.Event()
-
-    def work() -> None:
-        try:
-            outcome.append(load())
-        except BaseException as error:
-            failure.append(error)
-        finally:
-            done.set()
-
-    # The main thread waits on an event, not on Thread.join: an interrupt raised inside join
-    # leaves Python 3.11 believing the thread has ended while it still runs.
-    threading.Thread(target=work, name=f"load-{run.run_id}", daemon=True).start()
+    job = _InThread(load, f"load-{run.run_id}")
     try:
-        while not done.wait(0.2):
+        while not job.done.wait(0.2):
             pass
     except BaseException:
         run.stop.set()
-        wait_through_interrupts(done, STOP_WAIT_S)
-        if outcome:
-            run.measurement = outcome[0]
+        wait_through_interrupts(job.done, STOP_WAIT_S)
+        if job.outcome:
+            run.measurement = job.outcome[0]
         raise
-    if failure:
-        raise failure[0]
-    return outcome[0]
+    measurement: Measurement = job.result()
+    return measurement
 
 
 def wait_through_interrupts(event: threading.Event, timeout_s: float) -> bool:
@@ -949,24 +965,10 @@ def wait_through_interrupts(event: threading.Event, timeout_s: float) -> bool:
 def shielded(work: Callable[[], Any], what: str, timeout_s: float = 300.0) -> Any:
     """Runs `work` to its end despite interrupts that arrive meanwhile, and returns what it
     returns: for what a stopping run must finish (writing its result, releasing its lease)."""
-    outcome: list[Any] = []
-    failure: list[BaseException] = []
-    done = threading.Event()
-
-    def run_it() -> None:
-        try:
-            outcome.append(work())
-        except BaseException as error:
-            failure.append(error)
-        finally:
-            done.set()
-
-    threading.Thread(target=run_it, name=what, daemon=True).start()
-    if not wait_through_interrupts(done, timeout_s):
+    job = _InThread(work, what)
+    if not wait_through_interrupts(job.done, timeout_s):
         raise RunError(f"{what} did not end within {timeout_s:.0f} s")
-    if failure:
-        raise failure[0]
-    return outcome[0]
+    return job.result()
 
 
 def _is_interrupt(error: BaseException) -> bool:

@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -50,6 +50,7 @@ class _Track:
     recover_status: str | None = None
     error: str | None = None
     status: FaultStatus | None = None
+    done: threading.Event = field(default_factory=threading.Event)
 
 
 class ChaosTimeline:
@@ -89,7 +90,7 @@ class ChaosTimeline:
             self.load_start = load_start
             for track in self.tracks:
                 track.thread = threading.Thread(
-                    target=self._run, args=(track, load_start),
+                    target=self._track, args=(track, load_start),
                     name=f"chaos-{track.fault.name}", daemon=True,
                 )  # fmt: skip
                 track.thread.start()
@@ -103,14 +104,22 @@ class ChaosTimeline:
         self.stop()
         deadline = time.monotonic() + timeout_s
         for track in self.tracks:
-            while track.thread is not None and track.thread.is_alive():
+            # On an event, not Thread.join: an interrupt inside join leaves Python 3.11
+            # believing the thread has ended while it still runs.
+            while track.thread is not None and not track.done.is_set():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 try:
-                    track.thread.join(remaining)
-                except KeyboardInterrupt:
-                    # A second Ctrl-C: the faults are being recovered, which must finish.
+                    track.done.wait(remaining)
+                except BaseException as error:
+                    # A second Ctrl-C or cancel: the faults are being recovered, which must
+                    # finish. Dagster's interrupt is no KeyboardInterrupt, hence the name test.
+                    if (
+                        not isinstance(error, KeyboardInterrupt)
+                        and "Interrupt" not in type(error).__name__
+                    ):
+                        raise
                     self.say("interrupted again; recovering the faults first")
         return [self._event(track) for track in self.tracks]
 
@@ -118,6 +127,12 @@ class ChaosTimeline:
     def in_place(self) -> list[str]:
         """Names of the faults injected and not recovered yet."""
         return [t.fault.name for t in self.tracks if t.injected_at and t.status is None]
+
+    def _track(self, track: _Track, load_start: float) -> None:
+        try:
+            self._run(track, load_start)
+        finally:
+            track.done.set()
 
     def _run(self, track: _Track, load_start: float) -> None:
         fault = track.fault
