@@ -32,7 +32,6 @@ import contextlib
 import copy
 import json
 import re
-import secrets
 import threading
 import time
 import uuid
@@ -45,6 +44,8 @@ from urllib.parse import parse_qs, urlparse
 
 import jsonschema
 import yaml
+
+from tests.k8s_standin import write_kubeconfig
 
 DATA = Path(__file__).parent / "data" / "chaos_mesh"
 GROUP = "chaos-mesh.org"
@@ -159,21 +160,7 @@ class StandinChaosMesh:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def write_kubeconfig(self, path: Path, namespace: str = "default") -> Path:
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "standin", "cluster": {"server": self.url}}],
-            "users": [{"name": "standin", "user": {"token": secrets.token_hex(8)}}],
-            "contexts": [
-                {
-                    "name": "standin",
-                    "context": {"cluster": "standin", "user": "standin", "namespace": namespace},
-                }
-            ],
-            "current-context": "standin",
-        }
-        path.write_text(json.dumps(config))  # JSON is YAML
-        return path
+        return write_kubeconfig(path, self.url, namespace)
 
     def stop(self) -> None:
         self._stopping.set()

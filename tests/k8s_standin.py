@@ -54,6 +54,25 @@ PROBE_PERIOD_S = 0.2
 DEFAULT_GRACE_S = 30
 
 
+def write_kubeconfig(path: Path, url: str, namespace: str) -> Path:
+    """A kubeconfig for a stand-in API server at `url` (any token will do)."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "standin", "cluster": {"server": url}}],
+        "users": [{"name": "standin", "user": {"token": secrets.token_hex(8)}}],
+        "contexts": [
+            {
+                "name": "standin",
+                "context": {"cluster": "standin", "user": "standin", "namespace": namespace},
+            }
+        ],
+        "current-context": "standin",
+    }
+    path.write_text(json.dumps(config))  # JSON is YAML
+    return path
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -157,21 +176,7 @@ class StandinKubernetes:
         return f"http://127.0.0.1:{port}"
 
     def write_kubeconfig(self, path: Path, namespace: str) -> Path:
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "standin", "cluster": {"server": self.url}}],
-            "users": [{"name": "standin", "user": {"token": secrets.token_hex(8)}}],
-            "contexts": [
-                {
-                    "name": "standin",
-                    "context": {"cluster": "standin", "user": "standin", "namespace": namespace},
-                }
-            ],
-            "current-context": "standin",
-        }
-        path.write_text(json.dumps(config))  # JSON is YAML
-        return path
+        return write_kubeconfig(path, self.url, namespace)
 
     def stop(self) -> None:
         """Kills every process it started (by PID and session), then stops serving."""
