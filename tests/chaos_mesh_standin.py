@@ -45,7 +45,7 @@ from urllib.parse import parse_qs, urlparse
 import jsonschema
 import yaml
 
-from tests.k8s_standin import write_kubeconfig
+from tests.k8s_standin import labels_match, write_kubeconfig
 
 DATA = Path(__file__).parent / "data" / "chaos_mesh"
 GROUP = "chaos-mesh.org"
@@ -242,7 +242,7 @@ class StandinChaosMesh:
             return [
                 copy.deepcopy(o.body)
                 for (p, ns, _), o in self.objects.items()
-                if p == plural and namespace in (None, ns) and _labels_match(o.body, labels)
+                if p == plural and namespace in (None, ns) and labels_match(o.body, labels)
             ]
 
     # ---- the controller
@@ -414,25 +414,6 @@ def _webhook_denial(kind: str, spec: dict[str, Any]) -> list[str]:
     if kind == "StressChaos" and not spec.get("stressors") and not spec.get("stressngStressors"):
         denied.append("spec: Invalid value: missing stressors")
     return denied
-
-
-def _labels_match(body: dict[str, Any], selector: str | None) -> bool:
-    labels = body["metadata"].get("labels") or {}
-    for term in filter(None, (t.strip() for t in (selector or "").split(","))):
-        if "!=" in term:
-            key, value = term.split("!=", 1)
-            if labels.get(key.strip()) == value.strip():
-                return False
-        elif "=" in term:
-            key, value = term.replace("==", "=").split("=", 1)
-            if labels.get(key.strip()) != value.strip():
-                return False
-        elif term.startswith("!"):
-            if term[1:].strip() in labels:
-                return False
-        elif term not in labels:
-            return False
-    return True
 
 
 def _path(error: jsonschema.ValidationError) -> str:

@@ -476,7 +476,7 @@ class StandinKubernetes:
     def select(self, namespace: str | None, labels: str | None, fields: str | None) -> list[_Pod]:
         with self.lock:
             pods = [p for (ns, _), p in self.pods.items() if namespace is None or ns == namespace]
-        return [p for p in pods if _labels_match(p, labels) and _fields_match(p, fields)]
+        return [p for p in pods if labels_match(p.body, labels) and _fields_match(p, fields)]
 
     def render(self, pod: _Pod) -> dict[str, Any]:
         with pod.changed:
@@ -544,8 +544,9 @@ class StandinKubernetes:
                 return
 
 
-def _labels_match(pod: _Pod, selector: str | None) -> bool:
-    labels = pod.body["metadata"].get("labels") or {}
+def labels_match(body: dict[str, Any], selector: str | None) -> bool:
+    """Whether an object's labels meet a labelSelector (`=`, `==`, `!=`, `key`, `!key`)."""
+    labels = body["metadata"].get("labels") or {}
     for term in filter(None, (t.strip() for t in (selector or "").split(","))):
         if "!=" in term:
             key, value = term.split("!=", 1)
